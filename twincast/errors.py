@@ -1,0 +1,59 @@
+"""The exceptions twincast reports to people: each message names what was wrong and what was expected.
+
+The CLI prints them and exits non-zero; the HTTP layer maps ``http_status`` to the response code with a JSON
+body. Anything that is not a ``TwincastError`` is a bug and is reported as one.
+"""
+
+
+class TwincastError(Exception):
+    """Base class: an error whose message is meant for the user."""
+
+    http_status = 400
+
+
+class InputError(TwincastError):
+    """A file, argument or request body is not what was expected."""
+
+    http_status = 400
+
+
+class UnprocessableError(TwincastError):
+    """The input is well formed but cannot be used (a video with no face, an empty text)."""
+
+    http_status = 422
+
+
+class NotFoundError(TwincastError):
+    """A named file, run, session or resource does not exist."""
+
+    http_status = 404
+
+
+class PayloadTooLargeError(TwincastError):
+    """A request body or queued input is over its limit."""
+
+    http_status = 413
+
+
+class UnauthorizedError(TwincastError):
+    """An operator endpoint was called without the right bearer token."""
+
+    http_status = 401
+
+
+class ArtifactMismatchError(TwincastError):
+    """A model artifact does not match its sidecar, or an input does not match the artifact."""
+
+    http_status = 422
+
+
+class DependencyError(TwincastError):
+    """A required program or library (espeak-ng, TensorRT, CUDA) is missing on this machine."""
+
+    http_status = 503
+
+
+class QueueFullError(TwincastError):
+    """A bounded queue refused more work; the caller should retry later or interrupt first."""
+
+    http_status = 429
