@@ -1,0 +1,1 @@
+"""Footage stage: a video of a person (or a portrait + speech, synthesised) becomes an avatar pack."""

@@ -1,0 +1,206 @@
+"""Reading and writing footage with PyAV: constant-rate RGB frames in, H.264 + AAC mp4 out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import av
+import numpy as np
+
+from avatar.audio import PLAYBACK_RATE_HZ
+from twincast.errors import InputError, NotFoundError, UnprocessableError
+
+_STILL_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "gif"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a footage file holds, read from its container headers."""
+
+    path: Path
+    format_name: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    video_codec: str
+    audio_rate_hz: int | None
+    audio_channels: int | None
+
+
+def _open(path: Path) -> Any:
+    if not path.exists():
+        raise NotFoundError(f"video {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"{path} is not a file; expected a video file such as an mp4")
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} is not a readable video ({exc.strerror or exc}); expected mp4/mov/mkv/webm") from exc
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the container headers of ``path``.
+
+    Raises:
+        NotFoundError: the file does not exist.
+        InputError: not a video container, or a still image.
+    """
+    with _open(path) as container:
+        format_name = container.format.name
+        if format_name in _STILL_IMAGE_FORMATS or not container.streams.video:
+            kind = "a still image" if container.streams.video else "audio only, with no video stream"
+            raise InputError(f"{path} is {kind} (format {format_name}); expected a video of a person speaking")
+        video = container.streams.video[0]
+        rate = video.average_rate or video.guessed_rate or Fraction(0)
+        duration_s = 0.0
+        if container.duration:
+            duration_s = container.duration / av.time_base
+        elif video.duration and video.time_base:
+            duration_s = float(video.duration * video.time_base)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        return VideoInfo(
+            path=path,
+            format_name=format_name,
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            fps=float(rate),
+            duration_s=duration_s,
+            video_codec=video.codec_context.name,
+            audio_rate_hz=audio.codec_context.sample_rate if audio else None,
+            audio_channels=audio.codec_context.channels if audio else None,
+        )
+
+
+def iter_frames(path: Path, fps: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode ``path`` to RGB frames resampled to a constant ``fps`` by presentation time.
+
+    Output frame *n* shows the latest source frame whose time is at or before n / fps, so variable and
+    higher or lower source rates all map to one clock.
+
+    Raises:
+        InputError: the stream cannot be decoded.
+    """
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_index = 0
+        previous: np.ndarray | None = None
+        start: float | None = None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.time_base is None:
+                    continue
+                time_s = float(frame.pts * frame.time_base)
+                start = time_s if start is None else start
+                time_s -= start
+                rgb = frame.to_ndarray(format="rgb24")
+                while previous is not None and next_index / fps < time_s - 1e-6:
+                    yield next_index, previous
+                    next_index += 1
+                previous = rgb
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path} could not be decoded at output frame {next_index}: {exc}") from exc
+        if previous is not None:
+            yield next_index, previous
+
+
+def read_audio(path: Path, sample_rate_hz: int) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate_hz``.
+
+    Raises:
+        UnprocessableError: the file has no audio stream or it holds no samples.
+    """
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise UnprocessableError(f"{path} has no audio track; enrollment needs the person's speech")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate_hz)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: audio could not be decoded: {exc}") from exc
+    if not chunks:
+        raise UnprocessableError(f"{path}: the audio track holds no samples")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+class VideoWriter:
+    """Write RGB frames and mono float audio to an H.264 (yuv420p) + AAC mp4.
+
+    Audio is interleaved per video frame, so the file plays and seeks well.
+    """
+
+    def __init__(self, path: Path, *, width: int, height: int, fps: int, crf: int = 18,
+                 audio_rate_hz: int | None = PLAYBACK_RATE_HZ) -> None:
+        if width % 2 or height % 2:
+            raise InputError(f"video size {width}x{height} must be even for yuv420p")
+        self._container = av.open(str(path), mode="w", format="mp4")
+        self._video = self._container.add_stream("libx264", rate=fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": "veryfast", "g": str(2 * fps)}
+        self._audio: Any = None
+        self._audio_rate_hz = audio_rate_hz
+        self._audio_pts = 0
+        if audio_rate_hz:
+            self._audio = self._container.add_stream("aac", rate=audio_rate_hz, layout="mono")
+        self._frames = 0
+        self._fps = fps
+
+    def write(self, rgb: np.ndarray, audio: np.ndarray | None = None) -> None:
+        """Append one frame and (optionally) the audio that plays during it."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self._frames
+        self._frames += 1
+        for packet in self._video.encode(frame):
+            self._container.mux(packet)
+        if audio is not None and self._audio is not None and audio.size:
+            self.write_audio(audio)
+
+    def write_audio(self, audio: np.ndarray) -> None:
+        """Append mono float audio in [-1, 1]."""
+        chunk = np.clip(audio, -1.0, 1.0).astype(np.float32).reshape(1, -1)
+        aframe = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+        aframe.sample_rate = self._audio_rate_hz or PLAYBACK_RATE_HZ
+        aframe.pts = self._audio_pts
+        self._audio_pts += chunk.shape[1]
+        for packet in self._audio.encode(aframe):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file."""
+        for packet in self._video.encode(None):
+            self._container.mux(packet)
+        if self._audio is not None:
+            for packet in self._audio.encode(None):
+                self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._container.close()
+
+
+def read_video_frames(path: Path) -> np.ndarray:
+    """Decode every frame of a short clip (such as a pack's base loop) to an RGB array (N, H, W, 3)."""
+    frames = [rgb for _, rgb in iter_frames(path, fps=max(1, math.ceil(probe(path).fps)))]
+    if not frames:
+        raise InputError(f"{path} holds no video frames")
+    return np.stack(frames)
