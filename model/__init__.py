@@ -1,0 +1,1 @@
+"""Training stage: an avatar pack becomes a per-person renderer (checkpoints that carry their config)."""
