@@ -1,0 +1,1 @@
+"""Compile stage: a checkpoint becomes ``twin.onnx`` plus its ``twin.json`` sidecar (and, later, TensorRT plans)."""

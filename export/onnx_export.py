@@ -1,0 +1,152 @@
+"""Export: the few-step sampler unrolled into one ONNX graph, checked against PyTorch with ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from avatar.audio import VIDEO_FPS, MelSpec
+from export.spec import INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, TensorSpec, TwinSpec, sidecar_path
+from model.checkpoint import load_checkpoint, resolve_checkpoint
+from model.flow import sample
+from model.networks import TwinDenoiser
+from twincast.errors import ArtifactMismatchError, InputError
+from twincast.files import atomic_path, sha256_file
+
+FP32_TOLERANCE = 2e-3
+WEIGHTS_FILE_SUFFIX = ".pt"
+
+
+class TwinRenderer(nn.Module):
+    """The sampler unrolled over a fixed number of steps: (masked crop, reference, mel, noise) → face crop.
+
+    Images are (B, 3, crop, crop) float32 in [-1, 1]; mel is (B, 80, 16); the output is clamped to [-1, 1].
+    """
+
+    def __init__(self, denoiser: TwinDenoiser, steps: int) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.steps = steps
+
+    def forward(self, masked_crop: Tensor, reference: Tensor, mel: Tensor, noise: Tensor) -> Tensor:
+        condition = self.denoiser.condition(masked_crop, reference, mel)
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return self.denoiser.denoise(x, t, condition)
+
+        return sample(denoise, noise, self.steps).clamp(-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Paths written by an export and the parity measured."""
+
+    onnx: Path
+    sidecar: Path
+    weights: Path
+    max_abs_error: float
+
+
+def example_inputs(crop_px: int, mel_bins: int, mel_frames: int, batch: int, seed: int = 0) -> dict[str, Tensor]:
+    """Plausible random inputs for tracing and parity checks."""
+    generator = torch.Generator().manual_seed(seed)
+    image = (torch.rand(batch, 3, crop_px, crop_px, generator=generator) * 2 - 1)
+    return {
+        "masked_crop": image,
+        "reference": image.flip(0),
+        "mel": torch.randn(batch, mel_bins, mel_frames, generator=generator) * 0.5 - 0.5,
+        "noise": torch.randn(batch, 3, crop_px, crop_px, generator=generator),
+    }
+
+
+def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 17) -> ExportResult:
+    """Export the run at ``run`` to ``out`` (``twin.onnx``), with ``twin.json`` and the weights beside it.
+
+    Raises:
+        NotFoundError, InputError: no usable checkpoint at ``run``; ``out`` is not an .onnx path.
+        ArtifactMismatchError: ONNX Runtime disagrees with PyTorch beyond the fp32 tolerance.
+    """
+    if out.suffix != ".onnx":
+        raise InputError(f"--out {out} must end in .onnx")
+    if opset < 17:
+        raise InputError(f"opset {opset} is too old; twincast exports opset ≥ 17")
+    checkpoint = load_checkpoint(run)
+    config = checkpoint.model
+    steps = steps or config.sample_steps
+    if not 1 <= steps <= 50:
+        raise InputError(f"--steps {steps} must be in 1..50")
+    renderer = TwinRenderer(checkpoint.build(), steps).eval()
+    inputs = example_inputs(config.crop_px, config.mel_bins, config.mel_frames, batch=2)
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                renderer, tuple(inputs[name] for name in INPUT_NAMES), str(tmp), input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
+                dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
+            )
+        graph = onnx.load(str(tmp))
+        onnx.checker.check_model(graph, full_check=True)
+        max_error = check_parity(renderer, tmp, config.crop_px, config.mel_bins, config.mel_frames)
+        if max_error > FP32_TOLERANCE:
+            raise ArtifactMismatchError(
+                f"ONNX Runtime output differs from PyTorch by {max_error:.2e} (tolerance {FP32_TOLERANCE:.0e})"
+            )
+    weights = out.with_suffix(WEIGHTS_FILE_SUFFIX)
+    with atomic_path(weights) as tmp_weights:
+        shutil.copyfile(resolve_checkpoint(run), tmp_weights)
+    image_shape: tuple[int | str, ...] = ("batch", 3, config.crop_px, config.crop_px)
+    spec = TwinSpec(
+        spec_version=SPEC_VERSION,
+        inputs=(
+            TensorSpec("masked_crop", image_shape, "float32"),
+            TensorSpec("reference", image_shape, "float32"),
+            TensorSpec("mel", ("batch", config.mel_bins, config.mel_frames), "float32"),
+            TensorSpec("noise", image_shape, "float32"),
+        ),
+        outputs=(TensorSpec("face", image_shape, "float32"),),
+        steps=steps, crop_px=config.crop_px, mask_top=config.mask_top, fps=VIDEO_FPS, precision="fp32",
+        opset=opset, onnx_file=out.name, onnx_sha256=sha256_file(out), weights_file=weights.name,
+        weights_sha256=sha256_file(weights), model=asdict(config), mel=asdict(MelSpec()),
+        parity={"engine": "onnxruntime-cpu", "max_abs_error": max_error, "tolerance": FP32_TOLERANCE},
+        source={"run": str(run), "step": checkpoint.step, "pack": checkpoint.pack},
+    )
+    sidecar = sidecar_path(out)
+    spec.save(sidecar)
+    return ExportResult(onnx=out, sidecar=sidecar, weights=weights, max_abs_error=max_error)
+
+
+def check_parity(renderer: TwinRenderer, onnx_path: Path, crop_px: int, mel_bins: int, mel_frames: int) -> float:
+    """Largest absolute difference between ONNX Runtime and PyTorch on a batch of 3 random inputs."""
+    import onnxruntime as ort
+
+    inputs = example_inputs(crop_px, mel_bins, mel_frames, batch=3, seed=1)
+    with torch.inference_mode():
+        expected = renderer(*(inputs[name] for name in INPUT_NAMES)).numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+    return float(np.max(np.abs(actual - expected)))
+
+
+def artifact_for(model: Path, cache: Path) -> Path:
+    """An artifact path for ``model``: ``twin.onnx`` as given, or a run exported once into ``cache``.
+
+    A run directory (holding ``checkpoint.pt`` but no ``twin.onnx``) is exported to
+    ``cache/model-<checkpoint hash>/twin.onnx`` the first time and reused afterwards.
+    """
+    if model.is_file() or (model / "twin.onnx").is_file():
+        return model / "twin.onnx" if model.is_dir() else model
+    checkpoint = resolve_checkpoint(model)
+    onnx_path = cache / f"model-{sha256_file(checkpoint)[:12]}" / "twin.onnx"
+    if not (onnx_path.is_file() and sidecar_path(onnx_path).is_file()):
+        export_run(model, onnx_path)
+    return onnx_path
