@@ -1,0 +1,56 @@
+"""Settings of ``twincast serve``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from twincast.errors import InputError
+
+POSE_DRIVER_NAMES = ("loop", "still")
+VIDEO_CODECS = ("vp8", "h264")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The live server's configuration (one section of the layered config)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    engine: str = "auto"
+    threads: int = 0
+    max_batch: int = 8
+    lead_frames: int = 2
+    pose: str = "loop"
+    video_codec: str = "vp8"
+    max_viewers: int = 16
+    max_queued_speech_s: float = 300.0
+    voice: str = "en-us"
+    noise_seed: int = 0
+    operator_token: str | None = field(default=None, repr=False)  # from TWINCAST_OPERATOR_TOKEN only
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError as exc:
+            if self.host != "localhost":
+                raise InputError(f"serve host {self.host!r} is not an IP address") from exc
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"serve port {self.port} is outside 0..65535")
+        if not 1 <= self.max_batch <= 256:
+            raise InputError(f"serve max_batch {self.max_batch} must be in 1..256")
+        if not 1 <= self.lead_frames <= 25:
+            raise InputError(f"serve lead_frames {self.lead_frames} must be in 1..25")
+        if self.pose not in POSE_DRIVER_NAMES:
+            raise InputError(f"serve pose {self.pose!r} must be one of {POSE_DRIVER_NAMES}")
+        if self.video_codec not in VIDEO_CODECS:
+            raise InputError(f"serve video_codec {self.video_codec!r} must be one of {VIDEO_CODECS}")
+        if not 1 <= self.max_viewers <= 1000:
+            raise InputError(f"serve max_viewers {self.max_viewers} must be in 1..1000")
+        if self.max_queued_speech_s <= 0:
+            raise InputError(f"serve max_queued_speech_s {self.max_queued_speech_s} must be positive")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server only listens on this machine."""
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback

@@ -1,0 +1,136 @@
+"""The render worker: one thread per process owns the engine and batches frames of all sessions per call.
+
+Jobs are submitted from the event loop without blocking it; results come back on the loop through
+``call_soon_threadsafe``. Jobs of a superseded generation (after an interrupt) are dropped before rendering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One frame to render for one session."""
+
+    session_id: str
+    frame_index: int
+    generation: int
+    inputs: dict[str, np.ndarray]  # each without the batch axis
+    finish: Callable[[np.ndarray], Any]  # runs on the worker thread: rendered face → deliverable frame
+    deliver: Callable[[RenderedFrame], None]  # runs on the event loop
+    is_current: Callable[[int], bool]  # whether a generation is still wanted
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """A finished frame, as handed back to its session."""
+
+    session_id: str
+    frame_index: int
+    generation: int
+    payload: Any
+    render_ms: float
+    batch: int
+
+
+class RenderWorker:
+    """Owns the engine on one thread; batches up to ``max_batch`` queued jobs per engine call.
+
+    The job queue holds at most ``max_jobs``; overflow rule: the oldest job is dropped (its frame would be
+    late anyway) and counted in ``dropped``.
+    """
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, *, max_batch: int, max_jobs: int = 64) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._loop = loop
+        self._jobs: deque[RenderJob] = deque(maxlen=max_jobs)
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="twincast-render", daemon=True)
+        self.dropped = 0
+        self.stale = 0
+        self.failures = 0
+        self.calls = 0
+        self.render_ms: deque[float] = deque(maxlen=500)
+        self.batch_sizes: deque[int] = deque(maxlen=500)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to finish its current batch and exit, then wait for it."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting."""
+        return len(self._jobs)
+
+    def submit(self, job: RenderJob) -> None:
+        """Queue a job (never blocks)."""
+        with self._wake:
+            if len(self._jobs) == self._jobs.maxlen:
+                self.dropped += 1
+            self._jobs.append(job)
+            self._wake.notify()
+
+    def _take(self) -> list[RenderJob] | None:
+        with self._wake:
+            while not self._jobs and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                return None
+            batch: list[RenderJob] = []
+            while self._jobs and len(batch) < self.max_batch:
+                batch.append(self._jobs.popleft())
+            return batch
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            current = [job for job in jobs if job.is_current(job.generation)]
+            self.stale += len(jobs) - len(current)
+            if not current:
+                continue
+            try:
+                self._render(current)
+            except Exception:  # one failed batch must not stop the stream; the sessions repeat frames
+                self.failures += 1
+                log.exception("render batch of %d frames failed; frames dropped", len(current))
+
+    def _render(self, jobs: list[RenderJob]) -> None:
+        names = list(jobs[0].inputs)
+        batch = {name: np.stack([job.inputs[name] for job in jobs]) for name in names}
+        started = time.perf_counter()
+        faces = self.engine(batch)
+        render_ms = 1000 * (time.perf_counter() - started)
+        self.calls += 1
+        self.render_ms.append(render_ms)
+        self.batch_sizes.append(len(jobs))
+        for job, face in zip(jobs, faces, strict=True):
+            if not job.is_current(job.generation):
+                self.stale += 1
+                continue
+            frame = RenderedFrame(job.session_id, job.frame_index, job.generation, job.finish(face), render_ms,
+                                  len(jobs))
+            self._loop.call_soon_threadsafe(job.deliver, frame)

@@ -1,0 +1,75 @@
+"""WebRTC tracks that pace themselves on the session clock (aiortc does not pace by pts: ``recv`` must).
+
+Every viewer gets its own pair of tracks reading the session's shared frames, so a slow viewer never holds
+up another. Video frame *n* and its audio blocks are released at the same clock deadline, which is what
+keeps them in sync at the client.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from aiortc import MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+from avatar.audio import PLAYBACK_RATE_HZ
+from stream.session import TwinSession
+
+VIDEO_CLOCK_HZ = 90_000
+AUDIO_BLOCKS_PER_FRAME = 2  # 20 ms WebRTC audio frames per 40 ms video frame
+
+
+class TwinVideoTrack(MediaStreamTrack):
+    """The session's video as yuv420p frames with pts = frame index × 3600 (90 kHz clock)."""
+
+    kind = "video"
+
+    def __init__(self, session: TwinSession) -> None:
+        super().__init__()
+        self._session = session
+        self._next: int | None = None
+
+    async def recv(self) -> VideoFrame:
+        session = self._session
+        if self._next is None:
+            self._next = session.playout_index() + 1
+        index = self._next
+        await session.clock.sleep_until(session.playout_deadline(index))
+        now_index = session.playout_index()
+        if now_index > index:  # the loop or the peer stalled: skip ahead instead of letting latency grow
+            index = now_index
+        frame = VideoFrame.from_ndarray(session.video_i420(index), format="yuv420p")
+        frame.pts = index * (VIDEO_CLOCK_HZ // session.clock.fps)
+        frame.time_base = Fraction(1, VIDEO_CLOCK_HZ)
+        self._next = index + 1
+        return frame
+
+
+class TwinAudioTrack(MediaStreamTrack):
+    """The session's audio as 20 ms, 48 kHz mono s16 frames, on the same clock as the video."""
+
+    kind = "audio"
+
+    def __init__(self, session: TwinSession) -> None:
+        super().__init__()
+        self._session = session
+        self._next: int | None = None
+
+    async def recv(self) -> AudioFrame:
+        session = self._session
+        if self._next is None:
+            self._next = (session.playout_index() + 1) * AUDIO_BLOCKS_PER_FRAME
+        block = self._next
+        await session.clock.sleep_until(session.playout_deadline(block / AUDIO_BLOCKS_PER_FRAME))
+        block_s = session.clock.period_s / AUDIO_BLOCKS_PER_FRAME
+        now_block = math.floor((session.clock.now() - session.playout_deadline(0)) / block_s)
+        if now_block > block:
+            block = now_block
+        samples = session.audio_block(block, AUDIO_BLOCKS_PER_FRAME)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = PLAYBACK_RATE_HZ
+        frame.pts = block * samples.shape[0]
+        frame.time_base = Fraction(1, PLAYBACK_RATE_HZ)
+        self._next = block + 1
+        return frame

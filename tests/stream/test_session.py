@@ -1,0 +1,124 @@
+"""The live loop on a hand-driven clock, with the real tiny engine on the real render worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatar.audio import MelSpec
+from avatar.pack import AvatarPack
+from avatar.speech import Voice
+from engines import create_engine
+from engines.base import Engine
+from stream.assets import TwinAssets
+from stream.audio_queue import prepare_chunks
+from stream.pose import StillPose
+from stream.render_worker import RenderWorker
+from stream.session import TwinSession
+from stream.tracks import TwinAudioTrack, TwinVideoTrack
+from tests.stream.manual_clock import ManualTime
+
+
+class RecordingEngine:
+    """Delegates to a real engine and remembers the loudest mel value of each rendered window."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loudness: list[float] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.loudness.extend(float(window[:, 6:10].max()) for window in inputs["mel"])
+        return self.engine(inputs)
+
+
+async def _run_session(pack: Path, artifact: Path) -> dict[str, object]:
+    engine = create_engine("onnxruntime", artifact)
+    recorder = RecordingEngine(engine)
+    assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
+    worker = RenderWorker(recorder, asyncio.get_running_loop(), max_batch=4)  # type: ignore[arg-type]
+    worker.start()
+    manual = ManualTime()
+    clock = manual.clock()
+    noise = np.zeros((3, 64, 64), np.float32)
+    session = TwinSession("s", assets, worker, clock, mel_spec=MelSpec(), pose=StillPose(assets.base_count),
+                          lead_frames=2, noise=noise, max_queued_frames=500, voice=Voice())
+    producer = asyncio.ensure_future(session.run())
+    video_frames: list[Any] = []
+    audio_frames: list[Any] = []
+
+    async def consume(track: TwinVideoTrack | TwinAudioTrack, sink: list[Any]) -> None:
+        while True:
+            sink.append(await track.recv())
+
+    consumers: list[asyncio.Future[None]] = []
+    burst = np.zeros(22050, np.float32)
+    burst[5000:12000] = np.sin(np.arange(7000) * 0.2) * 0.5  # 0.23-0.54 s into the utterance
+    try:
+        for step in range(60):
+            if step == 10:
+                session.audio_queue.extend(prepare_chunks(burst, 22050))
+            if step == session.delay_frames + 1:
+                consumers = [asyncio.ensure_future(consume(TwinVideoTrack(session), video_frames)),
+                             asyncio.ensure_future(consume(TwinAudioTrack(session), audio_frames))]
+            for offset in (0.0, 0.02):  # the frame deadline, then the second 20 ms audio block
+                manual.advance_to(clock.deadline(step) + offset)
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                _wait_for_renders(worker)
+                for _ in range(5):
+                    await asyncio.sleep(0)
+        stats = session.stats()
+        received_video, received_audio = list(video_frames), list(audio_frames)
+        session.audio_queue.extend(prepare_chunks(burst, 22050))
+        manual.advance_to(clock.deadline(61))
+        await asyncio.sleep(0)
+        before = session.generation
+        result = session.interrupt()
+        after_interrupt = [session.audio_block(k) for k in range(2 * (session.playout_index() + 1),
+                                                                  2 * (session._next_tick + 1))]
+    finally:
+        for task in (producer, *consumers):
+            task.cancel()
+        worker.stop()
+    pts = [frame.pts for frame in received_video]
+    audio_pts = [frame.pts for frame in received_audio]
+    loud_blocks = [frame.pts // 960 for frame in received_audio if np.abs(frame.to_ndarray()).max() > 1000]
+    return {"pts": pts, "audio_pts": audio_pts, "loud_blocks": loud_blocks, "stats": stats,
+            "loudness": recorder.loudness, "generation": (before, result["generation"]),
+            "after_interrupt": after_interrupt, "queue_after": len(session.audio_queue),
+            "delay": session.delay_frames}
+
+
+def _wait_for_renders(worker: RenderWorker) -> None:
+    deadline = time.monotonic() + 10
+    while worker.depth and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.03)
+
+
+def test_live_loop_paces_locks_audio_to_video_and_interrupts(pack: Path, artifact: Path) -> None:
+    out = asyncio.run(_run_session(pack, artifact))
+    pts = out["pts"]
+    assert isinstance(pts, list) and len(pts) > 40
+    assert all(b - a == 3600 for a, b in zip(pts, pts[1:], strict=False))  # one frame per 40 ms, no gaps
+    audio_pts = out["audio_pts"]
+    assert isinstance(audio_pts, list)
+    assert all(b - a == 960 for a, b in zip(audio_pts, audio_pts[1:], strict=False))
+    assert audio_pts[0] * 90_000 == pts[0] * 48_000  # audio and video start at the same media time
+    # The burst entered the timeline at tick 10: its audio plays in frames 10+5..10+13 ...
+    loud_frames = sorted({block // 2 for block in out["loud_blocks"]})  # type: ignore[attr-defined]
+    assert loud_frames and 14 <= loud_frames[0] <= 17 and loud_frames[-1] <= 25
+    # ... and exactly those frames were rendered from mel windows centred on the burst.
+    loudness = np.array(out["loudness"])
+    loud_renders = np.flatnonzero(loudness > 0.0)
+    assert set(loud_frames) <= set(loud_renders.tolist())
+    stats = out["stats"]
+    assert isinstance(stats, dict) and stats["repeated_frames"] <= 2 and stats["generation"] == 0
+    before, after = out["generation"]  # type: ignore[misc]
+    assert after == before + 1 and out["queue_after"] == 0
+    assert all(np.abs(block).max() == 0 for block in out["after_interrupt"])  # type: ignore[attr-defined]
