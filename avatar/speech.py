@@ -14,6 +14,7 @@ import numpy as np
 from twincast.errors import DependencyError, InputError, UnprocessableError
 
 MAX_TEXT_CHARS = 5000
+SYNTH_TIMEOUT_S = 120
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 
@@ -83,7 +84,10 @@ def synthesize(text: str, voice: Voice | None = None) -> Speech:
         InputError: espeak-ng rejected the voice or produced no audio.
     """
     command = _espeak_command(check_text(text), voice or Voice())
-    result = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=SYNTH_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DependencyError(f"espeak-ng did not finish within {SYNTH_TIMEOUT_S} s") from exc
     return _parse_output(result.returncode, result.stdout, result.stderr)
 
 
@@ -93,7 +97,12 @@ async def synthesize_async(text: str, voice: Voice | None = None) -> Speech:
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=SYNTH_TIMEOUT_S)
+    except TimeoutError as exc:
+        process.kill()
+        await process.wait()
+        raise DependencyError(f"espeak-ng did not finish within {SYNTH_TIMEOUT_S} s") from exc
     return _parse_output(process.returncode or 0, stdout, stderr)
 
 

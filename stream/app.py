@@ -43,6 +43,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return error_body(exc.status, exc.reason or "error", type(exc).__name__)
+    except Exception:  # the HTTP boundary: a bug becomes a logged 500 with a JSON body, never an HTML page
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_body(500, "internal error; see the server log", "InternalError")
 
 
 @web.middleware

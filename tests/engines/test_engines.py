@@ -26,9 +26,14 @@ def test_onnxruntime_engine_matches_torch_engine(artifact: Path, batch: int) -> 
 def test_engine_names_a_wrong_input(artifact: Path) -> None:
     engine = create_engine("onnxruntime", artifact)
     inputs = random_inputs(engine, 2)
-    inputs["mel"] = inputs["mel"][:, :40]
+    good_mel = inputs["mel"]
+    inputs["mel"] = good_mel[:, :40]
     with pytest.raises(ArtifactMismatchError, match=r"'mel' has shape \(2, 40, 16\), expected \(2, 80, 16\)"):
         engine(inputs)
+    inputs["mel"] = good_mel.astype(np.float64)
+    with pytest.raises(ArtifactMismatchError, match="'mel' is float64, expected float32"):
+        engine(inputs)
+    inputs["mel"] = good_mel
     del inputs["noise"]
     with pytest.raises(ArtifactMismatchError, match="'noise' is missing"):
         engine(inputs)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model.config import ModelConfig
@@ -16,7 +17,7 @@ def test_sampler_lands_on_the_prediction_for_any_step_count() -> None:
 
         out = sample(oracle, torch.randn(2, 3, 8, 8), steps)
         torch.testing.assert_close(out, target)
-        assert calls == [k / steps for k in range(steps)]
+        assert calls == pytest.approx([k / steps for k in range(steps)])
 
 
 def test_interpolation_endpoints_and_loss() -> None:

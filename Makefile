@@ -1,0 +1,56 @@
+# twincast: `make demo` serves the embedded twin on http://127.0.0.1:8080; `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit system-deps install demo-model bench clean
+
+demo: system-deps install
+	$(BIN)/twincast demo
+
+test: system-deps install lint typecheck
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Debian packages the demo and the tests use; installed only when missing and only when run as root.
+system-deps:
+	@missing=""; \
+	for cmd in espeak-ng ffmpeg chromium docker-compose; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); \
+	  else \
+	    echo "missing:$$missing — run as root, or: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Rebuild the committed demo model: the demo pack, then the `demo` preset trained on it (about 40 min on
+# two CPU cores), then its report.
+demo-model: system-deps install
+	$(BIN)/twincast train "$$($(BIN)/twincast demo --pack-only -q)" --config demo --out runs/demo --force
+	mkdir -p assets/demo
+	cp runs/demo/checkpoint.pt runs/demo/train.json assets/demo/
+
+bench: install
+	$(BIN)/python -m bench.serve_cpu
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output

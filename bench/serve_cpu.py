@@ -1,0 +1,86 @@
+"""Measure a live twin's render rate and CPU use: `twincast demo` (or serve) with 0 and 1 WHEP viewers.
+
+Run:  .venv/bin/python -m bench.serve_cpu [--seconds 20] [--model RUN_OR_ONNX --avatar PACK]
+
+The server runs as its own process; its CPU time is read from /proc. The viewer (an aiortc WHEP client that
+decodes VP8 and Opus) runs in this process, so its CPU cost is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.whep_client import pull
+from tests.helpers import ServerProcess, http
+
+TICKS = os.sysconf("SC_CLK_TCK")
+SPEECH = ("Welcome back to the stream. Today we are looking at a jacket that folds into its own pocket. "
+          "It comes in four colours, and every size is in stock right now.")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def measure(server: ServerProcess, seconds: float, viewers: int) -> dict[str, Any]:
+    assert server.process is not None
+    pid = server.process.pid
+    http("POST", server.url + "/api/say", {"text": SPEECH})
+    start_stats = server.get("/api/stats")[1]
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    client0 = resource.getrusage(resource.RUSAGE_SELF)
+    frames = 0
+    if viewers:
+        media = asyncio.run(pull(server.url, seconds, keep_video=1))
+        frames = len(media.video_pts)
+    else:
+        time.sleep(seconds)
+    wall = time.monotonic() - wall0
+    cpu = cpu_seconds(pid) - cpu0
+    client1 = resource.getrusage(resource.RUSAGE_SELF)
+    stats = server.get("/api/stats")[1]
+    http("POST", server.url + "/api/interrupt", {})
+    return {
+        "viewers": viewers,
+        "seconds": round(wall, 1),
+        "server_cpu_cores": round(cpu / wall, 2),
+        "server_cpu_percent_of_machine": round(100 * cpu / wall / (os.cpu_count() or 1), 1),
+        "viewer_cpu_cores": round(
+            (client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime) / wall, 2),
+        "render_fps": stats["fps"],
+        "render_ms_p50": stats["render_ms_p50"],
+        "render_ms_p99": stats["render_ms_p99"],
+        "late_frames": stats["late_frames"] - start_stats["late_frames"],
+        "repeated_frames": stats["repeated_frames"] - start_stats["repeated_frames"],
+        "received_fps": round(frames / seconds, 2) if viewers else None,
+        "engine": stats["engine"]["engine"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--model", help="serve this artifact instead of the demo")
+    parser.add_argument("--avatar", help="with --model: the avatar pack")
+    args = parser.parse_args()
+    command = ["serve", "--model", args.model, "--avatar", args.avatar] if args.model else ["demo"]
+    with ServerProcess(*command, "--port", "0", "-q") as server:
+        time.sleep(3.0)  # let warm-up effects settle
+        rows = [measure(server, args.seconds, viewers) for viewers in (0, 1)]
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

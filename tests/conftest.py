@@ -1,0 +1,81 @@
+"""Shared fixtures: one synthetic clip → pack → tiny run → artifact chain per test session.
+
+Every stage's tests reuse this chain, so the whole pipeline is exercised once with real parts (espeak-ng,
+mediapipe, PyTorch, ONNX Runtime) and each test then asserts on its own stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, run_cli
+
+CLIP_TEXT = "Hello there. The twin opens its mouth when it speaks, and closes it in silence."
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ["TWINCAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chain")
+
+
+@pytest.fixture(scope="session")
+def clip(workdir: Path) -> Path:
+    """A 256² synthetic talking-head clip of the committed portrait (about 7 s)."""
+    out = workdir / "clip.mp4"
+    run_cli("synth-footage", "--text", CLIP_TEXT, "--out", str(out), "--size", "256", "-q")
+    return out
+
+
+@pytest.fixture(scope="session")
+def pack(workdir: Path, clip: Path) -> Path:
+    """The clip enrolled at a 64² crop."""
+    out = workdir / "pack"
+    run_cli("enroll", str(clip), "--out", str(out), "--crop-px", "64", "-q")
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(workdir: Path, pack: Path) -> Path:
+    """A tiny renderer trained on the pack for a few seconds."""
+    out = workdir / "run"
+    run_cli("train", str(pack), "--config", "tiny", "--out", str(out), "--steps", "150", "-q")
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifact(workdir: Path, run_dir: Path) -> Path:
+    """The tiny run exported to ONNX (2 sampler steps)."""
+    out = workdir / "artifact" / "twin.onnx"
+    run_cli("export", str(run_dir), "--out", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(pack: Path, artifact: Path) -> Iterator[ServerProcess]:
+    """``twincast serve`` on a free loopback port, with a still head so only the mouth moves."""
+    with ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0",
+                       "--pose", "still") as process:
+        yield process

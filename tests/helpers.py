@@ -1,0 +1,97 @@
+"""Helpers for tests: run the real ``twincast`` console script, and run ``twincast serve`` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+TWINCAST = str(Path(sys.executable).with_name("twincast"))
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``twincast ARGS…`` and return the finished process (raising on failure when ``check``)."""
+    result = subprocess.run([TWINCAST, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"twincast {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def http(method: str, url: str, body: Any = None, *, content_type: str = "application/json",
+         headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """A small blocking HTTP client; returns (status, decoded JSON or text)."""
+    data = None
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, payload, kind = response.status, response.read().decode(), response.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        status, payload, kind = error.code, error.read().decode(), error.headers.get_content_type()
+    return status, json.loads(payload) if kind == "application/json" and payload else payload
+
+
+class ServerProcess:
+    """``twincast serve|demo …`` in a subprocess; ``url`` is known once it announces its port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_s: float = 240) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.startup_s = startup_s
+        self.url = ""
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen([TWINCAST, *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=self.env)
+        found = threading.Event()
+
+        def reader() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip())
+                match = re.search(r"twincast serving (http://\S+?)/?$", line.strip())
+                if match and not self.url:
+                    self.url = match.group(1).rstrip("/")
+                    found.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        deadline = time.monotonic() + self.startup_s
+        while not found.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise AssertionError("server did not start:\n" + "\n".join(self.lines[-40:]))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """GET a path on the server."""
+        return http("GET", self.url + path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        """POST a JSON (or given content type) body to a path on the server."""
+        return http("POST", self.url + path, body, **kwargs)
