@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from avatar.audio import VIDEO_FPS, MelSpec
 from export.spec import INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, TensorSpec, TwinSpec, sidecar_path
-from model.checkpoint import load_checkpoint, resolve_checkpoint
+from model.checkpoint import ROLE_FILES, available_roles, load_checkpoint, resolve_checkpoint
 from model.flow import sample
 from model.networks import TwinDenoiser
 from twincast.errors import ArtifactMismatchError, InputError
@@ -66,7 +66,15 @@ def example_inputs(crop_px: int, mel_bins: int, mel_frames: int, batch: int, see
     }
 
 
-def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 17) -> ExportResult:
+def choose_variant(run: Path, variant: str = "auto") -> str:
+    """The checkpoint role to export: ``auto`` takes the few-step student when the run has one."""
+    if variant != "auto":
+        return variant
+    return "student" if run.is_dir() and "student" in available_roles(run) else "teacher"
+
+
+def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 17,
+               variant: str = "auto") -> ExportResult:
     """Export the run at ``run`` to ``out`` (``twin.onnx``), with ``twin.json`` and the weights beside it.
 
     Raises:
@@ -77,11 +85,16 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
         raise InputError(f"--out {out} must end in .onnx")
     if opset < 17:
         raise InputError(f"opset {opset} is too old; twincast exports opset ≥ 17")
-    checkpoint = load_checkpoint(run)
+    if variant not in ("auto", *ROLE_FILES):
+        raise InputError(f"--variant {variant!r} must be auto or one of {sorted(ROLE_FILES)}")
+    role = choose_variant(run, variant)
+    checkpoint = load_checkpoint(run, role)
     config = checkpoint.model
     steps = steps or config.sample_steps
     if not 1 <= steps <= 50:
         raise InputError(f"--steps {steps} must be in 1..50")
+    if "mel" not in checkpoint.pack:
+        raise InputError(f"{run} was trained before checkpoints recorded their audio features; retrain it")
     renderer = TwinRenderer(checkpoint.build(), steps).eval()
     inputs = example_inputs(config.crop_px, config.mel_bins, config.mel_frames, batch=2)
     with atomic_path(out) as tmp:
@@ -101,7 +114,7 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
             )
     weights = out.with_suffix(WEIGHTS_FILE_SUFFIX)
     with atomic_path(weights) as tmp_weights:
-        shutil.copyfile(resolve_checkpoint(run), tmp_weights)
+        shutil.copyfile(resolve_checkpoint(run, role), tmp_weights)
     image_shape: tuple[int | str, ...] = ("batch", 3, config.crop_px, config.crop_px)
     spec = TwinSpec(
         spec_version=SPEC_VERSION,
@@ -114,9 +127,9 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
         outputs=(TensorSpec("face", image_shape, "float32"),),
         steps=steps, crop_px=config.crop_px, mask_top=config.mask_top, fps=VIDEO_FPS, precision="fp32",
         opset=opset, onnx_file=out.name, onnx_sha256=sha256_file(out), weights_file=weights.name,
-        weights_sha256=sha256_file(weights), model=asdict(config), mel=asdict(MelSpec()),
+        weights_sha256=sha256_file(weights), model=asdict(config), mel=asdict(MelSpec(**checkpoint.pack["mel"])),
         parity={"engine": "onnxruntime-cpu", "max_abs_error": max_error, "tolerance": FP32_TOLERANCE},
-        source={"run": str(run), "step": checkpoint.step, "pack": checkpoint.pack},
+        source={"run": str(run), "variant": role, "step": checkpoint.step, "pack": checkpoint.pack},
     )
     sidecar = sidecar_path(out)
     spec.save(sidecar)
@@ -140,12 +153,12 @@ def check_parity(renderer: TwinRenderer, onnx_path: Path, crop_px: int, mel_bins
 def artifact_for(model: Path, cache: Path) -> Path:
     """An artifact path for ``model``: ``twin.onnx`` as given, or a run exported once into ``cache``.
 
-    A run directory (holding ``checkpoint.pt`` but no ``twin.onnx``) is exported to
-    ``cache/model-<checkpoint hash>/twin.onnx`` the first time and reused afterwards.
+    A run directory (holding checkpoints but no ``twin.onnx``) has its default variant (the student when
+    there is one) exported to ``cache/model-<checkpoint hash>/twin.onnx`` the first time and reused afterwards.
     """
     if model.is_file() or (model / "twin.onnx").is_file():
         return model / "twin.onnx" if model.is_dir() else model
-    checkpoint = resolve_checkpoint(model)
+    checkpoint = resolve_checkpoint(model, choose_variant(model))
     onnx_path = cache / f"model-{sha256_file(checkpoint)[:12]}" / "twin.onnx"
     if not (onnx_path.is_file() and sidecar_path(onnx_path).is_file()):
         export_run(model, onnx_path)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 
 from twincast.errors import InputError
 
+OBJECTIVES = ("flow", "regression")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -55,6 +57,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings."""
 
+    objective: str = "flow"  # "flow": the diffusion teacher; "regression": the 1-step L1 baseline
     steps: int = 60
     batch_size: int = 8
     learning_rate: float = 2e-3
@@ -69,6 +72,8 @@ class TrainConfig:
     threads: int = 0  # 0 = all cores
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"train objective {self.objective!r} must be one of {OBJECTIVES}")
         if self.steps < 1 or self.batch_size < 1:
             raise InputError(f"train steps ({self.steps}) and batch_size ({self.batch_size}) must be ≥ 1")
         if not 0.0 < self.learning_rate < 1.0:

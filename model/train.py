@@ -1,4 +1,10 @@
-"""Training the flow-matching renderer on one avatar pack."""
+"""Training on one avatar pack: the flow-matching teacher, or the 1-step regression baseline.
+
+Both use the same network. The teacher learns x-prediction flow matching (velocity loss); the baseline sees
+pure noise at t = 0 and regresses the crop with an L1 loss, so it is exactly a 1-step renderer and shows what
+the diffusion buys. ``resume-<role>.pt`` (optimiser, weights, random state) is kept beside the checkpoint, so a
+crashed run continues exactly where it stopped, and a finished one can be extended with more steps.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,22 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from avatar.pack import AvatarPack
-from model.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from model.checkpoint import ROLE_FILES, resume_file, save_checkpoint
 from model.config import ModelConfig, TrainConfig
-from model.data import PackSampler
+from model.data import Batch, PackSampler
 from model.flow import interpolate, sample_time, velocity_loss
 from model.networks import TwinDenoiser
 from twincast.errors import InputError
 from twincast.files import atomic_write_bytes
+
+REPORT_FILES = {"teacher": "train.json", "baseline": "baseline.json"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class TrainResult:
     """Where the run was written and how training went."""
 
     run: Path
+    role: str
     steps: int
     final_loss: float
     seconds: float
@@ -46,21 +57,67 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
-          force: bool = False, progress: bool = True) -> TrainResult:
-    """Train a renderer on ``pack_path`` and write ``out/checkpoint.pt`` and ``out/train.json``.
+def role_of(config: TrainConfig) -> str:
+    """Which checkpoint role an objective trains."""
+    return "teacher" if config.objective == "flow" else "baseline"
 
-    Raises:
-        InputError: ``out`` already holds a run (and ``force`` is false), or the model does not fit the pack.
-    """
-    pack = AvatarPack.load(pack_path)
-    if (out / CHECKPOINT_FILE).exists() and not force:
-        raise InputError(f"{out} already holds a run; choose another --out or pass --force to overwrite it")
+
+def pack_info(pack: AvatarPack, pack_path: Path) -> dict[str, Any]:
+    """What a checkpoint records about the pack it was trained on."""
+    return {"path": str(pack_path), "source_sha256": pack.meta.source["sha256"], "crop_px": pack.meta.crop_px,
+            "mask_top": pack.meta.mask_top, "fps": pack.meta.fps, "mel": dict(pack.meta.mel)}
+
+
+def check_fits(model_config: ModelConfig, pack: AvatarPack) -> None:
+    """Refuse a model whose crop geometry differs from the pack's."""
     if (model_config.crop_px, model_config.mask_top) != (pack.meta.crop_px, pack.meta.mask_top):
         raise InputError(
             f"model crop_px/mask_top {model_config.crop_px}/{model_config.mask_top} do not match the pack's "
             f"{pack.meta.crop_px}/{pack.meta.mask_top}"
         )
+
+
+def flow_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, generator: torch.Generator,
+              device: torch.device) -> Tensor:
+    """The teacher's loss on one batch: x-prediction flow matching in velocity space."""
+    target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
+    size = target.shape[0]
+    t = sample_time(size, config.time_mean, config.time_std, generator).to(device)
+    noise = torch.randn(target.shape, generator=generator).to(device)
+    keep = (torch.rand(size, generator=generator) >= config.audio_dropout).float().to(device)
+    predicted = network(interpolate(target, noise, t), t, target, reference, mel, keep)
+    return velocity_loss(predicted.float(), target, t, network.mask)
+
+
+def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, generator: torch.Generator,
+                    device: torch.device) -> Tensor:
+    """The baseline's loss on one batch: L1 to the crop from pure noise at t = 0 (a 1-step renderer)."""
+    target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
+    size = target.shape[0]
+    noise = torch.randn(target.shape, generator=generator).to(device)
+    predicted = network(noise, torch.zeros(size, device=device), target, reference, mel)
+    weight = network.mask
+    return ((predicted.float() - target).abs() * weight).sum() / (weight.expand_as(target).sum() + 1e-8)
+
+
+def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
+          force: bool = False, resume: bool = False, half: bool = False, progress: bool = True) -> TrainResult:
+    """Train on ``pack_path``; writes the role's checkpoint and report into the run directory ``out``.
+
+    Raises:
+        InputError: ``out`` already holds this role (and neither ``force`` nor ``resume``), ``resume`` without
+            a resumable state, or a model that does not fit the pack.
+    """
+    role = role_of(train_config)
+    target_file = out / ROLE_FILES[role]
+    pack = AvatarPack.load(pack_path)
+    check_fits(model_config, pack)
+    state_file = out / resume_file(role)
+    if resume and not state_file.is_file():
+        raise InputError(f"--resume: {out} has no {state_file.name} to continue from")
+    if target_file.exists() and not (force or resume):
+        raise InputError(f"{out} already holds a {role} ({target_file.name}); choose another --out, --resume, "
+                         "or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device()
     if device.type == "cpu":
@@ -72,28 +129,23 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
     ema = copy.deepcopy(network).eval() if train_config.ema_decay > 0 else None
     optimizer = torch.optim.AdamW(network.parameters(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    pack_info = {"path": str(pack_path), "source_sha256": pack.meta.source["sha256"],
-                 "crop_px": pack.meta.crop_px, "mask_top": pack.meta.mask_top, "fps": pack.meta.fps}
-    losses: list[float] = []
+    start_step, losses = 0, list[float]()
+    if resume:
+        start_step, losses = _restore(state_file, role, network, ema, optimizer, generator)
+    step_loss = flow_step if train_config.objective == "flow" else regression_step
+    info = pack_info(pack, pack_path)
     started = time.monotonic()
-    bar = tqdm(range(train_config.steps), desc=f"train {model_config.preset}", unit="step", disable=not progress)
+    bar = tqdm(range(start_step, train_config.steps), initial=start_step, total=train_config.steps,
+               desc=f"train {model_config.preset} {role}", unit="step", disable=not progress)
     for step in bar:
-        batch = sampler.draw(train_config.batch_size, generator)
-        target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
-        size = target.shape[0]
-        t = sample_time(size, train_config.time_mean, train_config.time_std, generator).to(device)
-        noise = torch.randn(target.shape, generator=generator).to(device)
-        keep = (torch.rand(size, generator=generator) >= train_config.audio_dropout).float().to(device)
-        x_t = interpolate(target, noise, t)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, train_config)
-        if autocast is not None:
-            with autocast:
-                predicted = network(x_t, t, target, reference, mel, keep)
+        batch = sampler.draw(train_config.batch_size, generator)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = step_loss(network, batch, train_config, generator, device)
         else:
-            predicted = network(x_t, t, target, reference, mel, keep)
-        loss = velocity_loss(predicted.float(), target, t, network.mask)
+            loss = step_loss(network, batch, train_config, generator, device)
         if not torch.isfinite(loss):
             raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --learning-rate")
         optimizer.zero_grad(set_to_none=True)
@@ -101,20 +153,23 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
         if ema is not None:
-            with torch.no_grad():
-                for averaged, live in zip(ema.parameters(), network.parameters(), strict=True):
-                    averaged.lerp_(live, 1 - train_config.ema_decay)
+            update_ema(ema, network, train_config.ema_decay)
         losses.append(float(loss.item()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         every = train_config.checkpoint_every
         if every and (step + 1) % every == 0 and step + 1 < train_config.steps:
-            _save(out, model_config, train_config, ema or network, step + 1, pack_info, losses)
+            save_resume(state_file, role, step + 1, network, ema, optimizer, generator, losses)
+            save_checkpoint(target_file, model=model_config, train=train_config,
+                            state_dict=(ema or network).state_dict(), step=step + 1, pack=info, role=role, half=half)
     seconds = time.monotonic() - started
-    _save(out, model_config, train_config, ema or network, train_config.steps, pack_info, losses)
-    tail = losses[-min(50, len(losses)):]
+    save_checkpoint(target_file, model=model_config, train=train_config, state_dict=(ema or network).state_dict(),
+                    step=train_config.steps, pack=info, role=role, half=half)
+    save_resume(state_file, role, train_config.steps, network, ema, optimizer, generator, losses)
+    tail = losses[-min(50, len(losses)):] or [math.nan]
     final_loss = sum(tail) / len(tail)
     report = {
+        "role": role,
         "preset": model_config.preset,
         "steps": train_config.steps,
         "seconds": round(seconds, 2),
@@ -124,13 +179,40 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         "parameters": sum(p.numel() for p in network.parameters()),
         "model": asdict(model_config),
         "train": asdict(train_config),
-        "pack": pack_info,
+        "pack": info,
     }
-    atomic_write_bytes(out / "train.json", json.dumps(report, indent=1).encode())
-    return TrainResult(run=out, steps=train_config.steps, final_loss=final_loss, seconds=seconds)
+    atomic_write_bytes(out / REPORT_FILES[role], json.dumps(report, indent=1).encode())
+    return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=final_loss, seconds=seconds)
 
 
-def _save(out: Path, model_config: ModelConfig, train_config: TrainConfig, network: TwinDenoiser, step: int,
-          pack_info: dict[str, object], losses: list[float]) -> None:
-    save_checkpoint(out / CHECKPOINT_FILE, model=model_config, train=train_config, state_dict=network.state_dict(),
-                    step=step, pack=pack_info, extra={"loss_last": losses[-1] if losses else None})
+def update_ema(ema: torch.nn.Module, network: torch.nn.Module, decay: float) -> None:
+    """Exponential moving average of weights: ema ← decay · ema + (1 − decay) · network."""
+    with torch.no_grad():
+        for averaged, live in zip(ema.parameters(), network.parameters(), strict=True):
+            averaged.lerp_(live, 1 - decay)
+
+
+def save_resume(path: Path, role: str, step: int, network: torch.nn.Module, ema: torch.nn.Module | None,
+                optimizer: torch.optim.Optimizer, generator: torch.Generator, losses: list[float]) -> None:
+    """Everything needed to continue training exactly where it stopped, written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"role": role, "step": step, "network": network.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _restore(path: Path, role: str, network: torch.nn.Module, ema: torch.nn.Module | None,
+             optimizer: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, list[float]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["role"] != role:
+        raise InputError(f"{path} continues a {state['role']} run, not a {role} run")
+    network.load_state_dict(state["network"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["losses"])

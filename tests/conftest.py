@@ -69,7 +69,20 @@ def run_dir(workdir: Path, pack: Path) -> Path:
 def artifact(workdir: Path, run_dir: Path) -> Path:
     """The tiny run exported to ONNX (2 sampler steps)."""
     out = workdir / "artifact" / "twin.onnx"
-    run_cli("export", str(run_dir), "--out", str(out))
+    run_cli("export", str(run_dir), "--out", str(out), "--variant", "teacher")
+    return out
+
+
+@pytest.fixture(scope="session")
+def full_run(workdir: Path, run_dir: Path) -> Path:
+    """The tiny run with its consistency student and its regression baseline too."""
+    import shutil
+
+    out = workdir / "full-run"
+    shutil.copytree(run_dir, out)
+    run_cli("distill", str(out), "-q")
+    run_cli("train", str(workdir / "pack"), "--config", "tiny", "--objective", "regression", "--out", str(out),
+            "--steps", "150", "-q")
     return out
 
 

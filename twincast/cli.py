@@ -62,11 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--seed", type=int)
+    train.add_argument("--objective", choices=["flow", "regression"],
+                       help="flow: the diffusion teacher (default); regression: the 1-step L1 baseline")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its resume.pt")
+    train.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     train.add_argument("--force", action="store_true", help="overwrite an existing run")
     _add_common(train)
 
+    distill = commands.add_parser("distill", help="few-step consistency student from a run's teacher")
+    distill.add_argument("run", type=Path)
+    distill.add_argument("--pack", type=Path, help="the avatar pack (default: the one the teacher was trained on)")
+    distill.add_argument("--config", "--preset", dest="preset", help="tiny, demo or base (default: the teacher's)")
+    distill.add_argument("--steps", type=int)
+    distill.add_argument("--batch-size", type=int)
+    distill.add_argument("--seed", type=int)
+    distill.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    distill.add_argument("--force", action="store_true", help="overwrite an existing student")
+    _add_common(distill)
+
+    evaluate = commands.add_parser("eval", help="quality report of a run on its pack's holdout block")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--pack", type=Path, help="the avatar pack (default: the one the run was trained on)")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N holdout frames")
+    evaluate.add_argument("--no-video", action="store_true", help="skip the side-by-side eval.mp4")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common(evaluate)
+
     export = commands.add_parser("export", help="run → twin.onnx + twin.json sidecar")
     export.add_argument("run", type=Path)
+    export.add_argument("--variant", default="auto", help="auto (student if present), teacher, student, baseline")
     export.add_argument("--out", type=Path, required=True, help="output .onnx path")
     export.add_argument("--steps", type=int, help="sampler steps unrolled into the graph")
     export.add_argument("--opset", type=int, default=17)
@@ -84,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("serve", "serve a twin live over WebRTC"), ("demo", "serve the embedded default twin")):
         serve = commands.add_parser(name, help=help_text)
         if name == "serve":
-            serve.add_argument("--avatar", type=Path, required=True, help="avatar pack directory")
-            serve.add_argument("--model", type=Path, required=True, help="twin.onnx (with twin.json beside it)")
+            serve.add_argument("--avatar", type=Path, help="avatar pack directory of the default twin")
+            serve.add_argument("--model", type=Path, help="its twin.onnx (with twin.json beside it) or run directory")
+            serve.add_argument("--twin", action="append", default=[], metavar="NAME=PACK,MODEL",
+                               help="another twin, served as session NAME (repeatable)")
         else:
             serve.add_argument("--pack-only", action="store_true", help="build the demo pack, print its path, exit")
         serve.add_argument("--host")
@@ -135,17 +161,63 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     chosen = preset(args.preset, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top)
     train_config = build_config(TrainConfig, section="train", toml=toml, env=os.environ, base=chosen.train,
                                 overrides={"steps": args.steps, "batch_size": args.batch_size,
-                                           "learning_rate": args.learning_rate, "seed": args.seed})
-    result = train(args.pack, args.out, chosen.model, train_config, force=args.force, progress=_progress(args))
-    print(json.dumps({"run": str(result.run), "steps": result.steps, "final_loss": round(result.final_loss, 5),
-                      "seconds": round(result.seconds, 1)}))
+                                           "learning_rate": args.learning_rate, "seed": args.seed,
+                                           "objective": args.objective})
+    result = train(args.pack, args.out, chosen.model, train_config, force=args.force, resume=args.resume,
+                   half=args.half, progress=_progress(args))
+    print(json.dumps({"run": str(result.run), "role": result.role, "steps": result.steps,
+                      "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from model.checkpoint import load_checkpoint
+    from model.distill import DISTILL_PRESETS, DistillConfig, distill
+    from twincast.errors import InputError
+
+    name = args.preset or load_checkpoint(args.run).model.preset
+    if name not in DISTILL_PRESETS:
+        raise InputError(f"unknown distill config {name!r}; expected one of {sorted(DISTILL_PRESETS)}")
+    config = build_config(DistillConfig, section="distill", toml=toml, env=os.environ, base=DISTILL_PRESETS[name],
+                          overrides={"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed})
+    result = distill(args.run, config, pack_path=_pack_for_run(args), force=args.force, half=args.half,
+                     progress=_progress(args))
+    print(json.dumps({"student": str(result.student), "steps": result.steps,
+                      "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def _pack_for_run(args: argparse.Namespace) -> Path | None:
+    """The pack to use for a run: --pack, or the demo pack for the committed demo run, else the recorded one."""
+    from twincast.demo import DEMO_MODEL_DIR, cache_dir, demo_pack
+
+    if args.pack is None and args.run.resolve() == DEMO_MODEL_DIR.resolve():
+        return demo_pack(cache_dir(), progress=_progress(args))
+    pack: Path | None = args.pack
+    return pack
+
+
+def cmd_eval(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from model.eval import evaluate
+
+    report = evaluate(args.run, pack_path=_pack_for_run(args), limit=args.limit, video=not args.no_video,
+                      progress=_progress(args))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{'variant':<12} {'psnr_mouth':>10} {'ssim_mouth':>10} {'psnr_face':>9} {'sharp':>6} "
+              f"{'sync':>6} {'lag':>4} {'ms/frame':>9}")
+        for name, row in report["variants"].items():
+            print(f"{name:<12} {row['psnr_mouth']:>10.2f} {row['ssim_mouth']:>10.3f} {row['psnr_face']:>9.2f} "
+                  f"{row['sharpness_ratio']:>6.2f} {row['sync_corr'] or float('nan'):>6.3f} "
+                  f"{row['sync_lag_frames']:>4d} {row['ms_per_frame']:>9.1f}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from export.onnx_export import export_run
 
-    result = export_run(args.run, args.out, steps=args.steps, opset=args.opset)
+    result = export_run(args.run, args.out, steps=args.steps, opset=args.opset, variant=args.variant)
     print(json.dumps({"onnx": str(result.onnx), "sidecar": str(result.sidecar), "weights": str(result.weights),
                       "max_abs_error": result.max_abs_error}))
     return 0
@@ -193,14 +265,26 @@ def _announce(line: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, toml: dict[str, Any]) -> int:
-    from stream.server import serve
+    from export.onnx_export import artifact_for
+    from stream.server import TwinSource, serve
+    from twincast.demo import cache_dir
+    from twincast.errors import InputError
 
-    asyncio.run(serve(_serve_config(args, toml), args.avatar, args.model, announce=_announce))
+    config = _serve_config(args, toml)
+    sources = [TwinSource.parse(text) for text in args.twin]
+    if (args.avatar is None) != (args.model is None):
+        raise InputError("--avatar and --model go together (the default twin); give both or neither")
+    if args.avatar is not None:
+        sources.insert(0, TwinSource("default", args.avatar, args.model))
+    if not sources:
+        raise InputError("nothing to serve: give --avatar PACK --model twin.onnx, or --twin NAME=PACK,MODEL")
+    sources = [TwinSource(s.name, s.pack, artifact_for(s.model, cache_dir())) for s in sources]
+    asyncio.run(serve(config, sources, announce=_announce))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, toml: dict[str, Any]) -> int:
-    from stream.server import serve
+    from stream.server import TwinSource, serve
     from twincast.demo import cache_dir, demo_model, demo_pack
 
     config = _serve_config(args, toml)
@@ -209,7 +293,7 @@ def cmd_demo(args: argparse.Namespace, toml: dict[str, Any]) -> int:
         print(pack)
         return 0
     model = demo_model(cache_dir())
-    asyncio.run(serve(config, pack, model, announce=_announce))
+    asyncio.run(serve(config, [TwinSource("default", pack, model)], announce=_announce))
     return 0
 
 
@@ -217,6 +301,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
     "synth-footage": cmd_synth,
     "enroll": cmd_enroll,
     "train": cmd_train,
+    "distill": cmd_distill,
+    "eval": cmd_eval,
     "export": cmd_export,
     "bench": cmd_bench,
     "serve": cmd_serve,

@@ -43,3 +43,51 @@ def test_presets_have_their_intended_sizes() -> None:
     assert counts["tiny"] < 1e6
     assert counts["demo"] < 4e6  # the committed checkpoint stays small
     assert counts["base"] > 2e7  # "tens of millions" for the GPU size
+
+
+def test_a_killed_run_resumes_exactly_where_it_stopped(pack: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+
+    from tests.helpers import TWINCAST
+
+    env = {**os.environ, "TWINCAST_TRAIN_CHECKPOINT_EVERY": "20"}
+    args = ["train", str(pack), "--config", "tiny", "--steps", "80", "-q"]
+    straight = tmp_path / "straight"
+    subprocess.run([TWINCAST, *args, "--out", str(straight)], env=env, check=True, capture_output=True)
+
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen([TWINCAST, *args, "--out", str(crashed)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (crashed / "resume-teacher.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stopped_at = torch.load(crashed / "resume-teacher.pt", weights_only=False)["step"]
+    assert 20 <= stopped_at < 80
+    subprocess.run([TWINCAST, *args, "--out", str(crashed), "--resume"], env=env, check=True, capture_output=True)
+    resumed, reference = load_checkpoint(crashed), load_checkpoint(straight)
+    assert resumed.step == reference.step == 80
+    for key, value in reference.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_base_structure_trains_and_exports_at_tiny_width(pack: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from export.onnx_export import export_run
+    from model.config import TrainConfig
+    from model.train import train
+
+    base = preset("base", crop_px=64, mask_top=0.55).model
+    narrow = replace(base, channels=(16, 16, 32, 32), audio_dim=32, time_dim=32, groups=8)
+    assert (narrow.patch_px, narrow.blocks_per_level, narrow.attention) == (8, 2, True)
+    result = train(pack, tmp_path / "run", narrow, TrainConfig(steps=3, batch_size=2), progress=False)
+    assert result.final_loss == result.final_loss  # finite, not NaN
+    exported = export_run(tmp_path / "run", tmp_path / "art" / "twin.onnx")
+    assert exported.max_abs_error < 1e-3

@@ -1,0 +1,177 @@
+"""Consistency distillation: a few-step student from the flow-matching teacher.
+
+The student starts as a copy of the teacher and learns to map any point x_t of a teacher trajectory straight
+to the trajectory's end (Song et al. 2023, "Consistency Models", Alg. 2): for adjacent times t_n < t_{n+1} the
+teacher moves x_{t_n} to x_{t_{n+1}} with one Heun step, and the student's prediction at (x_{t_n}, t_n) is
+pulled toward the prediction of a slow EMA copy of itself at (x_{t_{n+1}}, t_{n+1}) (the target network θ⁻
+of Song et al. 2023, eq. 8; with θ⁻ = θ, as iCT uses for consistency training, distillation from this
+teacher drifted: the loss grew 40× in 170 steps) under a pseudo-Huber loss (Song & Dhariwal 2023,
+"Improved Techniques for Training Consistency Models", sec. 3.3). At the last interval the target is the
+teacher's own clean estimate (the boundary).
+
+With x-prediction the flow sampler's Euler step on a uniform grid is exactly multistep consistency sampling
+with the noise reused, so the student is sampled by the same ``model.flow.sample`` for 1 and 2 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from avatar.pack import AvatarPack
+from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
+from model.data import PackSampler
+from model.flow import interpolate
+from model.networks import TwinDenoiser
+from model.train import check_fits, pack_info, pick_device, update_ema
+from twincast.errors import InputError, NotFoundError
+from twincast.files import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Consistency distillation settings."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    intervals: int = 16  # teacher grid: t_n = n / intervals
+    target_decay: float = 0.99  # EMA of the student that provides the consistency target (θ⁻)
+    ema_decay: float = 0.995
+    sample_steps: int = 2  # what export uses for the student by default
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise InputError(f"distill steps ({self.steps}) and batch_size ({self.batch_size}) must be ≥ 1")
+        if not 2 <= self.intervals <= 1000:
+            raise InputError(f"distill intervals {self.intervals} must be in 2..1000")
+        if not 0.0 < self.learning_rate < 1.0:
+            raise InputError(f"distill learning_rate {self.learning_rate} must be in (0, 1)")
+        if not 0.0 <= self.target_decay < 1.0:
+            raise InputError(f"distill target_decay {self.target_decay} must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"distill ema_decay {self.ema_decay} must be in [0, 1)")
+
+
+DISTILL_PRESETS = {"tiny": DistillConfig(steps=60, batch_size=8, learning_rate=5e-4, intervals=8, ema_decay=0.0),
+                   "demo": DistillConfig(), "base": DistillConfig(steps=20000, batch_size=64, learning_rate=5e-5)}
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """Where the student was written and how distillation went."""
+
+    student: Path
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def pseudo_huber(predicted: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample pseudo-Huber distance over the weighted region, averaged over the batch.
+
+    d(a, b) = sqrt(||a − b||² + c²) − c with c = 0.00054 · sqrt(dim) (iCT, Song & Dhariwal 2023, sec. 3.3).
+    """
+    region = weight.expand_as(predicted)
+    squared = (((predicted - target) * region) ** 2).flatten(1).sum(dim=1)
+    dim = float(region[0].sum())
+    c = 0.00054 * math.sqrt(dim)
+    return (torch.sqrt(squared + c * c) - c).mean()
+
+
+def teacher_step(teacher: TwinDenoiser, condition: tuple[Tensor, Tensor, Tensor], x: Tensor, t: Tensor,
+                 t_next: Tensor) -> Tensor:
+    """One Heun step of the teacher's probability-flow ODE from t to t_next (Euler where t_next = 1)."""
+    predicted = teacher.denoise(x, t, condition)
+    velocity = (predicted - x) / (1 - t).view(-1, 1, 1, 1)
+    delta = (t_next - t).view(-1, 1, 1, 1)
+    euler = x + delta * velocity
+    interior = (t_next < 1).view(-1, 1, 1, 1)
+    safe_next = torch.where(t_next < 1, t_next, torch.zeros_like(t_next))
+    second = (teacher.denoise(euler, safe_next, condition) - euler) / (1 - safe_next).view(-1, 1, 1, 1)
+    heun = x + delta * 0.5 * (velocity + second)
+    return torch.where(interior, heun, predicted)
+
+
+def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, force: bool = False,
+            half: bool = False, progress: bool = True) -> DistillResult:
+    """Distil ``run``'s teacher into ``run/student.pt``.
+
+    Raises:
+        NotFoundError: no teacher in ``run``, or its pack is gone (pass ``pack_path``).
+        InputError: a student exists already and ``force`` is false.
+    """
+    teacher_checkpoint = load_checkpoint(run, "teacher")
+    out = run / ROLE_FILES["student"]
+    if out.exists() and not force:
+        raise InputError(f"{run} already holds a student ({out.name}); pass --force to overwrite it")
+    pack_path = pack_path or Path(teacher_checkpoint.pack["path"])
+    if not (pack_path / "avatar.json").is_file():
+        raise NotFoundError(f"the teacher's avatar pack {pack_path} is not there; pass --pack")
+    pack = AvatarPack.load(pack_path)
+    check_fits(teacher_checkpoint.model, pack)
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    teacher = teacher_checkpoint.build().to(device).requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
+    target_network = copy.deepcopy(student).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    sampler = PackSampler(pack)
+    losses: list[float] = []
+    started = time.monotonic()
+    bar = tqdm(range(config.steps), desc="distill", unit="step", disable=not progress)
+    for step in bar:
+        batch = sampler.draw(config.batch_size, generator)
+        target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
+        size = target.shape[0]
+        index = torch.randint(config.intervals, (size,), generator=generator)
+        t = (index.float() / config.intervals).to(device)
+        t_next = ((index + 1).float() / config.intervals).to(device)
+        noise = torch.randn(target.shape, generator=generator).to(device)
+        x_t = interpolate(target, noise, t)
+        with torch.no_grad():
+            teacher_condition = teacher.condition(target, reference, mel)
+            x_next = teacher_step(teacher, teacher_condition, x_t, t, t_next)
+            consistent = target_network.denoise(x_next, t_next, target_network.condition(target, reference, mel))
+            boundary = (t_next >= 1).view(-1, 1, 1, 1)
+            goal = torch.where(boundary, x_next, consistent)
+        predicted = student(x_t, t, target, reference, mel)
+        loss = pseudo_huber(predicted, goal, student.mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        update_ema(target_network, student, config.target_decay)
+        if ema is not None:
+            update_ema(ema, student, config.ema_decay)
+        losses.append(float(loss.item()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    seconds = time.monotonic() - started
+    final = (ema or student).eval()
+    model_config = replace(teacher_checkpoint.model, sample_steps=config.sample_steps)
+    save_checkpoint(out, model=model_config, train=teacher_checkpoint.train, state_dict=final.state_dict(),
+                    step=config.steps, pack=pack_info(pack, pack_path), role="student", half=half,
+                    extra={"distill": asdict(config), "teacher_step": teacher_checkpoint.step})
+    tail = losses[-min(50, len(losses)):]
+    final_loss = sum(tail) / len(tail)
+    report = {"role": "student", "steps": config.steps, "seconds": round(seconds, 2), "device": str(device),
+              "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
+              "distill": asdict(config)}
+    atomic_write_bytes(run / "distill.json", json.dumps(report, indent=1).encode())
+    return DistillResult(student=out, steps=config.steps, final_loss=final_loss, seconds=seconds)

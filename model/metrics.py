@@ -1,0 +1,74 @@
+"""Quality metrics for rendered face crops: PSNR, SSIM, mouth sharpness and lip-sync correlation."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+MOUTH_ROWS = (0.60, 0.95)  # the mouth and chin, as fractions of the aligned crop
+MOUTH_COLS = (0.25, 0.75)
+
+
+def mouth_box(crop_px: int) -> tuple[slice, slice]:
+    """Row and column slices of the mouth region of an aligned crop."""
+    return (slice(int(MOUTH_ROWS[0] * crop_px), int(MOUTH_ROWS[1] * crop_px)),
+            slice(int(MOUTH_COLS[0] * crop_px), int(MOUTH_COLS[1] * crop_px)))
+
+
+def psnr(rendered: np.ndarray, truth: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images (inf when identical)."""
+    error = np.mean((rendered.astype(np.float64) - truth.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10.0 * math.log10(255.0**2 / error)
+
+
+def ssim(rendered: np.ndarray, truth: np.ndarray) -> float:
+    """Structural similarity (Wang et al. 2004, eq. 13) with an 11×11 Gaussian window (σ = 1.5), per channel."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    for channel in range(rendered.shape[2]):
+        x = rendered[..., channel].astype(np.float64)
+        y = truth[..., channel].astype(np.float64)
+
+        def blur(image: np.ndarray) -> np.ndarray:
+            return cv2.GaussianBlur(image, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+        mu_x, mu_y = blur(x), blur(y)
+        var_x = blur(x * x) - mu_x**2
+        var_y = blur(y * y) - mu_y**2
+        cov = blur(x * y) - mu_x * mu_y
+        index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        scores.append(float(index.mean()))
+    return float(np.mean(scores))
+
+
+def high_frequency_energy(image: np.ndarray) -> float:
+    """Mean squared Laplacian of the grey image: how much fine detail (edges of lips and teeth) it holds."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return float(np.mean(cv2.Laplacian(grey, cv2.CV_64F, ksize=3) ** 2))
+
+
+def sharpness_ratio(rendered: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """High-frequency energy of the rendered mouths over the true mouths' (1.0 = as sharp; < 1 blurrier)."""
+    true_energy = float(np.mean([high_frequency_energy(image) for image in truth]))
+    rendered_energy = float(np.mean([high_frequency_energy(image) for image in rendered]))
+    return rendered_energy / true_energy if true_energy > 0 else math.nan
+
+
+def lagged_correlation(signal: np.ndarray, reference: np.ndarray, max_lag: int = 3) -> tuple[float, int]:
+    """The best Pearson correlation of ``signal`` against ``reference`` over lags in ±max_lag frames.
+
+    A positive lag means ``signal`` runs late. NaN samples are ignored. Returns (correlation, lag).
+    """
+    best = (-math.inf, 0)
+    for lag in range(-max_lag, max_lag + 1):
+        shifted = signal[lag:] if lag >= 0 else signal[:lag]
+        base = reference[: len(reference) - lag] if lag >= 0 else reference[-lag:]
+        valid = ~(np.isnan(shifted) | np.isnan(base))
+        if valid.sum() < 3 or np.std(shifted[valid]) == 0 or np.std(base[valid]) == 0:
+            continue
+        correlation = float(np.corrcoef(shifted[valid], base[valid])[0, 1])
+        if correlation > best[0]:
+            best = (correlation, lag)
+    return (best[0], best[1]) if best[0] > -math.inf else (math.nan, 0)
