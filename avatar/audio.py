@@ -26,7 +26,12 @@ FEATURE_SAMPLES_PER_FRAME = FEATURE_RATE_HZ // VIDEO_FPS  # 640
 
 @dataclass(frozen=True)
 class MelSpec:
-    """Log-mel parameters: 80 bins at 16 kHz, 12.5 ms hop, a 200 ms window per video frame."""
+    """Log-mel parameters: 80 bins at 16 kHz, 12.5 ms hop, a 200 ms window per video frame.
+
+    The window mostly looks back: its last STFT frame is centred ``lookahead_ms`` after the video frame's
+    centre. Every millisecond of look-ahead is a millisecond the live loop must wait before it can render, so
+    the default keeps 20 ms (the mouth follows the sound at its centre; the past gives the context).
+    """
 
     sample_rate_hz: int = FEATURE_RATE_HZ
     fps: int = VIDEO_FPS
@@ -36,28 +41,42 @@ class MelSpec:
     window_frames: int = 16
     fmin_hz: float = 55.0
     fmax_hz: float = 7600.0
+    lookahead_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz % self.fps:
             raise InputError(f"mel sample_rate_hz {self.sample_rate_hz} is not a multiple of fps {self.fps}")
         if self.window_frames < 1 or self.window_frames * self.hop % 2:
             raise InputError(f"mel window_frames {self.window_frames} × hop {self.hop} must be even and > 0")
+        span_ms = 1000 * (self.window_frames - 1) * self.hop / self.sample_rate_hz
+        if not 0 <= self.lookahead_ms <= span_ms:
+            raise InputError(f"mel lookahead_ms {self.lookahead_ms} must be in 0..{span_ms:g}")
 
     @property
     def samples_per_frame(self) -> int:
         """Audio samples (at ``sample_rate_hz``) owned by one video frame."""
         return self.sample_rate_hz // self.fps
 
-    @property
-    def context_frames(self) -> int:
-        """Video frames of audio needed on each side of frame *n* to compute its window."""
-        half_span = (self.window_frames - 1) * self.hop / 2 + self.n_fft / 2
-        return math.ceil((half_span + self.samples_per_frame / 2) / self.samples_per_frame) - 1
+    def centres(self) -> np.ndarray:
+        """Sample offsets of the STFT frame centres, relative to the video frame's centre sample."""
+        last = round(self.lookahead_ms * self.sample_rate_hz / 1000)
+        return last - (self.window_frames - 1 - np.arange(self.window_frames)) * self.hop
 
     def offsets(self) -> np.ndarray:
         """Sample offsets of the STFT frame starts, relative to the video frame's centre sample."""
-        centres = (np.arange(self.window_frames) - (self.window_frames - 1) / 2) * self.hop
-        return (np.round(centres) - self.n_fft // 2).astype(np.int64)
+        return (self.centres() - self.n_fft // 2).astype(np.int64)
+
+    @property
+    def future_frames(self) -> int:
+        """Video frames after frame *n* whose audio its window reads: the live loop's look-ahead K."""
+        reach = int(self.centres()[-1]) + self.n_fft // 2 + self.samples_per_frame // 2
+        return max(0, math.ceil(reach / self.samples_per_frame) - 1)
+
+    @property
+    def past_frames(self) -> int:
+        """Video frames before frame *n* whose audio its window reads."""
+        reach = -int(self.centres()[0]) + self.n_fft // 2 - self.samples_per_frame // 2
+        return max(0, math.ceil(reach / self.samples_per_frame))
 
 
 @functools.lru_cache(maxsize=8)

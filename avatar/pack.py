@@ -16,7 +16,7 @@ import numpy as np
 from avatar.audio import MelSpec
 from twincast.errors import InputError, NotFoundError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the mel window looks back (MelSpec.lookahead_ms)
 META_FILE = "avatar.json"
 BASE_VIDEO = "base.mp4"
 

@@ -13,7 +13,9 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from avatar.audio import MelSpec
 from avatar.enroll import EnrollConfig, enroll
+from avatar.pack import SCHEMA_VERSION
 from avatar.synth import DEFAULT_PORTRAIT, DEFAULT_TEXT, SynthConfig, synth_footage
 from twincast.errors import NotFoundError
 from twincast.files import sha256_file
@@ -33,7 +35,7 @@ def cache_dir(environ: dict[str, str] | None = None) -> Path:
 def recipe_key() -> str:
     """A short hash of everything the demo pack depends on."""
     recipe = {"synth": asdict(DEMO_SYNTH), "enroll": asdict(DEMO_ENROLL), "text": DEFAULT_TEXT,
-              "portrait": sha256_file(DEFAULT_PORTRAIT), "schema": 1}
+              "portrait": sha256_file(DEFAULT_PORTRAIT), "schema": SCHEMA_VERSION, "mel": asdict(MelSpec())}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -24,11 +24,11 @@ def test_live_window_from_local_buffer_equals_offline_window() -> None:
     rng = np.random.default_rng(0)
     audio = rng.standard_normal(40 * FEATURE_SAMPLES_PER_FRAME).astype(np.float32) * 0.1
     offline = mel_windows(audio, np.arange(40), spec)
-    context = spec.context_frames
+    past, future = spec.past_frames, spec.future_frames
     for frame in (0, 5, 20, 39):
-        first = frame - context
-        local = np.zeros((2 * context + 1) * FEATURE_SAMPLES_PER_FRAME, np.float32)
-        for offset in range(2 * context + 1):
+        first = frame - past
+        local = np.zeros((past + future + 1) * FEATURE_SAMPLES_PER_FRAME, np.float32)
+        for offset in range(past + future + 1):
             source = first + offset
             if 0 <= source < 40:
                 local[offset * 640:(offset + 1) * 640] = audio[source * 640:(source + 1) * 640]
@@ -36,16 +36,20 @@ def test_live_window_from_local_buffer_equals_offline_window() -> None:
         np.testing.assert_allclose(live[0], offline[frame], atol=1e-5)
 
 
-def test_window_reacts_to_sound_only_near_its_frame() -> None:
+def test_window_looks_back_and_only_a_little_ahead() -> None:
     spec = MelSpec()
     audio = np.zeros(30 * 640, np.float32)
     audio[15 * 640:16 * 640] = np.sin(np.arange(640) * 0.3).astype(np.float32)
     windows = mel_windows(audio, np.arange(30), spec)
     loud = windows.max(axis=(1, 2))
     assert loud[15] > 0.5
-    assert loud[5] == pytest.approx(-1.5)  # silence floor
+    assert loud[13] == pytest.approx(-1.5)  # two frames before the sound: silence floor, no look-ahead that far
+    assert loud[14] > -1.5  # one frame before: the 20 ms look-ahead (plus half an FFT) reaches it
+    assert loud[19] > 0.5  # frames after it still see it in their past context
     assert loud[25] == pytest.approx(-1.5)
-    assert spec.context_frames == 3
+    assert (spec.past_frames, spec.future_frames) == (5, 1)
+    symmetric = MelSpec(lookahead_ms=93.75)
+    assert (symmetric.past_frames, symmetric.future_frames) == (3, 3)
 
 
 def test_resample_and_split() -> None:
