@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
-DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core
+DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core nginx libnginx-mod-rtmp
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck unit system-deps install demo-model bench clean
@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 # Debian packages the demo and the tests use; installed only when missing and only when run as root.
 system-deps:
 	@missing=""; \
-	for cmd in espeak-ng ffmpeg chromium docker-compose; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	for cmd in espeak-ng ffmpeg chromium docker-compose nginx; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages for:$$missing"; \
@@ -42,12 +43,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Rebuild the committed demo model: the demo pack, then the `demo` preset trained on it (about 40 min on
-# two CPU cores), then its report.
+# Rebuild the committed demo model from the demo pack: the flow-matching teacher, its consistency student and
+# the regression baseline (weights stored as float16), then the eval report. About 2 hours on two CPU cores.
 demo-model: system-deps install
-	$(BIN)/twincast train "$$($(BIN)/twincast demo --pack-only -q)" --config demo --out runs/demo --force
+	pack="$$($(BIN)/twincast demo --pack-only -q)" && \
+	$(BIN)/twincast train "$$pack" --config demo --out runs/demo --half --force && \
+	$(BIN)/twincast distill runs/demo --half --force && \
+	$(BIN)/twincast train "$$pack" --config demo --objective regression --out runs/demo --half --force && \
+	$(BIN)/twincast eval runs/demo --json > /dev/null
 	mkdir -p assets/demo
-	cp runs/demo/checkpoint.pt runs/demo/train.json assets/demo/
+	cp runs/demo/checkpoint.pt runs/demo/student.pt runs/demo/baseline.pt assets/demo/
+	cp runs/demo/train.json runs/demo/distill.json runs/demo/baseline.json runs/demo/eval.json assets/demo/
 
 bench: install
 	$(BIN)/python -m bench.serve_cpu

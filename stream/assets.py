@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 
 from avatar import align
+from avatar.audio import MelSpec
 from avatar.pack import AvatarPack
+from avatar.pose import poses_of
 from export.spec import TwinSpec
 from twincast.errors import ArtifactMismatchError
 
@@ -32,6 +34,7 @@ class TwinAssets:
     masked_crops: np.ndarray  # (B, 3, C, C) float32, rows below mask_top zeroed
     reference: np.ndarray  # (3, C, C) float32
     paste_mask: np.ndarray  # (C, C) float32
+    base_poses: np.ndarray  # (B, 3) yaw, pitch, roll in degrees
     crop_px: int
     mask_top: float
 
@@ -47,6 +50,11 @@ class TwinAssets:
                 f"avatar pack {pack.root} has crop_px={pack.meta.crop_px}, mask_top={pack.meta.mask_top} but the "
                 f"model was trained for crop_px={spec.crop_px}, mask_top={spec.mask_top}"
             )
+        if MelSpec(**pack.meta.mel) != MelSpec(**spec.mel):
+            raise ArtifactMismatchError(
+                f"avatar pack {pack.root} computes audio features as {pack.meta.mel} but the model was trained "
+                f"on {spec.mel}; re-enroll the footage or use a model trained on this pack's features"
+            )
         frames = pack.base_frames()
         transforms = np.asarray(pack.array("base_transforms"), np.float64)
         crops = np.stack([align.warp_crop(frame, matrix, spec.crop_px) for frame, matrix in
@@ -54,9 +62,12 @@ class TwinAssets:
         masked = crops_to_model(crops)
         masked[:, :, int(np.ceil(spec.mask_top * spec.crop_px - 0.5)):, :] = 0.0
         reference = crops_to_model(pack.reference_crop()[None])[0]
+        start, end = pack.meta.base_range
+        size = (pack.meta.frame_width, pack.meta.frame_height)
+        poses = poses_of(np.asarray(pack.array("landmarks")[start:end]), size)
         return cls(base_frames=frames, transforms=transforms, masked_crops=masked, reference=reference,
-                   paste_mask=align.paste_mask(spec.crop_px, spec.mask_top), crop_px=spec.crop_px,
-                   mask_top=spec.mask_top)
+                   paste_mask=align.paste_mask(spec.crop_px, spec.mask_top), base_poses=poses,
+                   crop_px=spec.crop_px, mask_top=spec.mask_top)
 
     @property
     def base_count(self) -> int:

@@ -1,11 +1,20 @@
-"""Speech waiting to be spoken, cut into per-video-frame chunks at both sample rates."""
+"""Speech waiting to be spoken, cut into per-video-frame chunks at both sample rates.
+
+Whole utterances (text to speech, uploaded files) are resampled in one go by ``prepare_chunks``; live streams
+(an agent's PCM push, the operator's microphone) go through a ``StreamChunker``, which keeps its filter state
+between packets so packet boundaries leave no clicks.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 
+import av
 import numpy as np
+from scipy.signal import firwin, lfilter
 
 from avatar.audio import (
     FEATURE_RATE_HZ,
@@ -16,7 +25,9 @@ from avatar.audio import (
     resample,
     split_frames,
 )
-from twincast.errors import PayloadTooLargeError
+from twincast.errors import InputError, PayloadTooLargeError
+
+SPEECH_LEVEL_DBFS = -45.0  # a live chunk louder than this counts as speech
 
 
 @dataclass(frozen=True)
@@ -43,15 +54,85 @@ def prepare_chunks(samples: np.ndarray, sample_rate_hz: int) -> list[AudioChunk]
     return [AudioChunk(playback[index], features[index], speech=True) for index in range(frames)]
 
 
+class StreamChunker:
+    """Live mono PCM at any rate in, per-frame ``AudioChunk``s out.
+
+    PyAV's stateful resampler brings the stream to 48 kHz; a streaming low-pass FIR and 3:1 decimation give
+    the 16 kHz features from the same samples, so playback and features stay aligned.
+    """
+
+    def __init__(self, sample_rate_hz: int, *, detect_speech: bool = False) -> None:
+        if not 8000 <= sample_rate_hz <= 96000:
+            raise InputError(f"sample_rate {sample_rate_hz} Hz is outside 8000..96000")
+        self.sample_rate_hz = sample_rate_hz
+        self.detect_speech = detect_speech
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=PLAYBACK_RATE_HZ)
+        self._pts = 0
+        self._taps = firwin(63, 7200.0, fs=PLAYBACK_RATE_HZ).astype(np.float64)
+        self._state = np.zeros(self._taps.size - 1)
+        self._phase = 0
+        self._playback = np.zeros(0, np.float32)
+        self._features = np.zeros(0, np.float32)
+
+    def feed(self, samples: np.ndarray) -> list[AudioChunk]:
+        """Add mono float samples in [-1, 1]; returns the whole frames now complete."""
+        if samples.size == 0:
+            return []
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1), format="flt",
+                                           layout="mono")
+        frame.sample_rate = self.sample_rate_hz
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, self.sample_rate_hz)
+        self._pts += samples.size
+        return self._absorb(self._resampler.resample(frame))
+
+    def flush(self) -> list[AudioChunk]:
+        """End of utterance: drain the resampler and zero-pad the last partial frame."""
+        chunks = self._absorb(self._resampler.resample(None))
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=PLAYBACK_RATE_HZ)
+        self._pts = 0
+        if self._playback.size:
+            missing = PLAYBACK_SAMPLES_PER_FRAME - self._playback.size
+            chunks += self._absorb_samples(np.zeros(missing, np.float32))
+        self._playback = np.zeros(0, np.float32)
+        self._features = np.zeros(0, np.float32)
+        return chunks
+
+    def _absorb(self, frames: list[av.AudioFrame]) -> list[AudioChunk]:
+        if not frames:
+            return []
+        return self._absorb_samples(np.concatenate([f.to_ndarray().reshape(-1) for f in frames]))
+
+    def _absorb_samples(self, playback: np.ndarray) -> list[AudioChunk]:
+        filtered, self._state = lfilter(self._taps, 1.0, playback.astype(np.float64), zi=self._state)
+        decimated = filtered[self._phase::3].astype(np.float32)
+        self._phase = (self._phase - playback.size) % 3
+        self._playback = np.concatenate([self._playback, playback.astype(np.float32)])
+        self._features = np.concatenate([self._features, decimated])
+        chunks = []
+        while self._playback.size >= PLAYBACK_SAMPLES_PER_FRAME and self._features.size >= FEATURE_SAMPLES_PER_FRAME:
+            play, self._playback = np.split(self._playback, [PLAYBACK_SAMPLES_PER_FRAME])
+            feat, self._features = np.split(self._features, [FEATURE_SAMPLES_PER_FRAME])
+            speech = True
+            if self.detect_speech:
+                rms = float(np.sqrt(np.mean(play.astype(np.float64) ** 2)))
+                speech = rms > 0 and 20 * math.log10(rms) > SPEECH_LEVEL_DBFS
+            chunks.append(AudioChunk(play, feat, speech))
+        return chunks
+
+
 class AudioQueue:
     """FIFO of per-frame chunks, bounded at ``max_frames``.
 
-    Overflow rule: an utterance that does not fit is refused whole (``PayloadTooLargeError``); nothing
-    already queued is dropped.
+    Overflow rule: an utterance that does not fit is refused whole (``PayloadTooLargeError``) and nothing
+    already queued is dropped; live chunks (``extend_live``) instead drop the oldest queued live audio beyond
+    ``max_live_frames``, so a live microphone never builds up latency.
     """
 
-    def __init__(self, max_frames: int) -> None:
+    def __init__(self, max_frames: int, max_live_frames: int = 8) -> None:
         self.max_frames = max_frames
+        self.max_live_frames = max_live_frames
+        self.dropped_live = 0
         self._chunks: deque[AudioChunk] = deque()
 
     def __len__(self) -> int:
@@ -70,6 +151,16 @@ class AudioQueue:
             )
         self._chunks.extend(chunks)
         return len(chunks)
+
+    def extend_live(self, chunks: list[AudioChunk]) -> int:
+        """Queue live chunks, dropping the oldest beyond ``max_live_frames``; returns how many were dropped."""
+        self._chunks.extend(chunks)
+        dropped = 0
+        while len(self._chunks) > self.max_live_frames:
+            self._chunks.popleft()
+            dropped += 1
+        self.dropped_live += dropped
+        return dropped
 
     def pop(self) -> AudioChunk:
         """The next frame's audio, or silence when nothing is queued."""

@@ -26,6 +26,7 @@ class ServeConfig:
     max_viewers: int = 16
     max_queued_speech_s: float = 300.0
     voice: str = "en-us"
+    tts: str = "espeak-ng"
     noise_seed: int = 0
     operator_token: str | None = field(default=None, repr=False)  # from TWINCAST_OPERATOR_TOKEN only
 

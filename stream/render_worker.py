@@ -1,7 +1,9 @@
-"""The render worker: one thread per process owns the engine and batches frames of all sessions per call.
+"""The render worker: one thread per process owns the engines and batches frames of all sessions per call.
 
 Jobs are submitted from the event loop without blocking it; results come back on the loop through
-``call_soon_threadsafe``. Jobs of a superseded generation (after an interrupt) are dropped before rendering.
+``call_soon_threadsafe``. Each engine call takes the oldest job and every other queued job for the same engine
+(up to ``max_batch``), so sessions of one twin share calls. Jobs of a superseded generation (after an
+interrupt) are dropped before rendering.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RenderJob:
     session_id: str
     frame_index: int
     generation: int
+    engine: str  # key of the engine that renders it
     inputs: dict[str, np.ndarray]  # each without the batch axis
     finish: Callable[[np.ndarray], Any]  # runs on the worker thread: rendered face → deliverable frame
     deliver: Callable[[RenderedFrame], None]  # runs on the event loop
@@ -49,14 +52,15 @@ class RenderedFrame:
 
 
 class RenderWorker:
-    """Owns the engine on one thread; batches up to ``max_batch`` queued jobs per engine call.
+    """Owns the engines on one thread; batches up to ``max_batch`` queued jobs per engine call.
 
     The job queue holds at most ``max_jobs``; overflow rule: the oldest job is dropped (its frame would be
     late anyway) and counted in ``dropped``.
     """
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, *, max_batch: int, max_jobs: int = 64) -> None:
-        self.engine = engine
+    def __init__(self, engines: dict[str, Engine], loop: asyncio.AbstractEventLoop, *, max_batch: int,
+                 max_jobs: int = 256) -> None:
+        self.engines = engines
         self.max_batch = max_batch
         self._loop = loop
         self._jobs: deque[RenderJob] = deque(maxlen=max_jobs)
@@ -101,9 +105,10 @@ class RenderWorker:
                 self._wake.wait()
             if self._stopping:
                 return None
-            batch: list[RenderJob] = []
-            while self._jobs and len(batch) < self.max_batch:
-                batch.append(self._jobs.popleft())
+            key = self._jobs[0].engine
+            batch = [job for job in self._jobs if job.engine == key][: self.max_batch]
+            for job in batch:
+                self._jobs.remove(job)
             return batch
 
     def _run(self) -> None:
@@ -122,7 +127,7 @@ class RenderWorker:
         names = list(jobs[0].inputs)
         batch = {name: np.stack([job.inputs[name] for job in jobs]) for name in names}
         started = time.perf_counter()
-        faces = self.engine(batch)
+        faces = self.engines[jobs[0].engine](batch)
         render_ms = 1000 * (time.perf_counter() - started)
         self.calls += 1
         self.render_ms.append(render_ms)

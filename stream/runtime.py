@@ -1,9 +1,15 @@
-"""The process-wide live runtime: the engine's render worker, the sessions, and the WebRTC viewers."""
+"""The process-wide live runtime: twins and their engines, sessions, viewers, upstream peers and outputs.
+
+One render worker thread owns every engine. Each session has one paced video source track, relayed to its
+viewers and outputs by aiortc's ``MediaRelay`` (yuv420p frames, so several viewers are safe, aiortc #767);
+audio tracks are cheap, so every consumer gets its own, paced on the same session clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -11,23 +17,24 @@ from typing import Any
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
-from avatar.audio import MelSpec
 from avatar.speech import Voice
 from engines.base import Engine
-from export.spec import TwinSpec
-from stream.assets import TwinAssets
 from stream.clock import MediaClock
 from stream.config import ServeConfig
-from stream.pose import make_pose_driver
+from stream.outputs import StreamOutput
 from stream.render_worker import RenderWorker
-from stream.session import TwinSession
+from stream.session import Twin, TwinSession
 from stream.tracks import TwinAudioTrack, TwinVideoTrack
+from stream.tts import make_tts
+from stream.upstream import Upstream, consume_microphone, consume_webcam
 from twincast.errors import InputError, NotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
 MAX_SDP_BYTES = 64 * 1024
+SESSION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 
 
 @dataclass
@@ -40,42 +47,79 @@ class Viewer:
 
 
 class TwinRuntime:
-    """Owns the render worker, the sessions and the viewers of one server process."""
+    """Owns the render worker, the twins, the sessions and everything connected to them."""
 
-    def __init__(self, engine: Engine, assets: TwinAssets, spec: TwinSpec, config: ServeConfig) -> None:
-        self.engine = engine
-        self.assets = assets
-        self.spec = spec
+    def __init__(self, twins: dict[str, Twin], engines: dict[str, Engine], config: ServeConfig) -> None:
+        if not twins:
+            raise InputError("at least one twin is needed")
+        self.twins = twins
+        self.engines = engines
         self.config = config
         self.sessions: dict[str, TwinSession] = {}
+        self.video_sources: dict[str, TwinVideoTrack] = {}
         self.viewers: dict[str, Viewer] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        self.outputs: dict[str, StreamOutput] = {}
+        self.relay = MediaRelay()
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        """Start the render worker and the default session."""
-        loop = asyncio.get_running_loop()
-        self.worker = RenderWorker(self.engine, loop, max_batch=self.config.max_batch)
+        """Start the render worker and one session per twin (named after it)."""
+        self.worker = RenderWorker(self.engines, asyncio.get_running_loop(), max_batch=self.config.max_batch)
         self.worker.start()
-        self.add_session("default")
+        for name in self.twins:
+            self.add_session(name, name)
 
-    def add_session(self, session_id: str) -> TwinSession:
-        """Create a session with its own clock and start its producer."""
+    @property
+    def default_session_id(self) -> str:
+        """The first twin's session, used when a request names none."""
+        return next(iter(self.sessions))
+
+    def add_session(self, session_id: str, twin_name: str) -> TwinSession:
+        """Create a session of a loaded twin with its own clock, and start its producer.
+
+        Raises:
+            InputError: a bad or taken session id.
+            NotFoundError: no such twin.
+        """
         if self.worker is None:
             raise RuntimeError("runtime not started")
+        if not SESSION_ID.match(session_id):
+            raise InputError(f"session id {session_id!r} must be 1-40 letters, digits, '-' or '_'")
+        if session_id in self.sessions:
+            raise InputError(f"session {session_id!r} exists already")
+        if twin_name not in self.twins:
+            raise NotFoundError(f"no twin {twin_name!r}; twins: {sorted(self.twins)}")
+        twin = self.twins[twin_name]
         rng = np.random.default_rng(self.config.noise_seed)
-        noise = rng.standard_normal((3, self.spec.crop_px, self.spec.crop_px)).astype(np.float32)
+        noise = rng.standard_normal((3, twin.crop_px, twin.crop_px)).astype(np.float32)
         session = TwinSession(
-            session_id, self.assets, self.worker, MediaClock(self.spec.fps), mel_spec=MelSpec(**self.spec.mel),
-            pose=make_pose_driver(self.config.pose, self.assets.base_count), lead_frames=self.config.lead_frames,
-            noise=noise, max_queued_frames=int(self.config.max_queued_speech_s * self.spec.fps),
-            voice=Voice(name=self.config.voice),
+            session_id, twin, self.worker, MediaClock(twin.mel_spec.fps),
+            tts=make_tts(self.config.tts, Voice(name=self.config.voice)), pose_mode=self.config.pose,
+            lead_frames=self.config.lead_frames, noise=noise,
+            max_queued_frames=int(self.config.max_queued_speech_s * twin.mel_spec.fps), spawn=self.spawn,
         )
         self.sessions[session_id] = session
-        self.spawn(session.run(), name=f"session-{session_id}")
+        self.video_sources[session_id] = TwinVideoTrack(session)
+        self.spawn(session.run(), f"session-{session_id}")
         return session
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    async def remove_session(self, session_id: str) -> None:
+        """Stop a session and everything attached to it."""
+        session = self.session(session_id)
+        for viewer_id in [v for v, viewer in self.viewers.items() if viewer.session is session]:
+            await self.remove_viewer(viewer_id)
+        for upstream_id in [u for u, up in self.upstreams.items() if up.session is session]:
+            await self.remove_upstream(upstream_id)
+        for output_id in [o for o, out in self.outputs.items() if out.session_id == session_id]:
+            await self.remove_output(output_id)
+        for task in [t for t in self._tasks if t.get_name() == f"session-{session_id}"]:
+            task.cancel()
+        self.video_sources.pop(session_id).stop()
+        del self.sessions[session_id]
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Create a named task that is kept referenced and whose failure is logged, not lost."""
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
@@ -89,10 +133,24 @@ class TwinRuntime:
 
     def session(self, session_id: str | None = None) -> TwinSession:
         """A session by id (the default one when ``None``)."""
-        key = session_id or "default"
+        key = session_id or self.default_session_id
         if key not in self.sessions:
             raise NotFoundError(f"no session {key!r}; sessions: {sorted(self.sessions)}")
         return self.sessions[key]
+
+    # --- WebRTC peers ----------------------------------------------------------------------------------------
+
+    async def _answer(self, peer: RTCPeerConnection, offer_sdp: str) -> str:
+        try:
+            await peer.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await peer.setLocalDescription(await peer.createAnswer())
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            await peer.close()
+            raise InputError(f"the SDP offer could not be parsed: {exc}") from exc
+        except (InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
+            await peer.close()
+            raise InputError(f"WebRTC negotiation failed ({type(exc).__name__}): {exc}") from exc
+        return str(peer.localDescription.sdp)
 
     async def add_viewer(self, offer_sdp: str, session_id: str | None = None) -> tuple[str, str]:
         """Answer a WHEP offer; returns (viewer id, answer SDP).
@@ -108,22 +166,14 @@ class TwinRuntime:
             raise InputError("the SDP offer has no video section (m=video); expected a recvonly video offer")
         peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         viewer = Viewer(uuid.uuid4().hex, session, peer)
-        video_sender = peer.addTrack(TwinVideoTrack(session))
+        video_sender = peer.addTrack(self.relay.subscribe(self.video_sources[session.session_id], buffered=False))
         peer.addTrack(TwinAudioTrack(session))
         codec = f"video/{self.config.video_codec}".lower()
         preferred = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == codec]
         for transceiver in peer.getTransceivers():
             if transceiver.sender is video_sender:
                 transceiver.setCodecPreferences(preferred)  # must precede setRemoteDescription (DESIGN)
-        try:
-            await peer.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            await peer.setLocalDescription(await peer.createAnswer())
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            await peer.close()
-            raise InputError(f"the SDP offer could not be parsed: {exc}") from exc
-        except (InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
-            await peer.close()
-            raise InputError(f"WebRTC negotiation failed ({type(exc).__name__}): {exc}") from exc
+        answer = await self._answer(peer, offer_sdp)
         self.viewers[viewer.viewer_id] = viewer
         session.viewers += 1
 
@@ -132,7 +182,7 @@ class TwinRuntime:
             if peer.connectionState in ("failed", "closed"):
                 await self.remove_viewer(viewer.viewer_id, missing_ok=True)
 
-        return viewer.viewer_id, peer.localDescription.sdp
+        return viewer.viewer_id, answer
 
     async def remove_viewer(self, viewer_id: str, *, missing_ok: bool = False) -> None:
         """Close a viewer's connection.
@@ -148,27 +198,95 @@ class TwinRuntime:
         viewer.session.viewers -= 1
         await viewer.peer.close()
 
+    async def add_upstream(self, kind: str, offer_sdp: str, session_id: str | None = None) -> tuple[str, str]:
+        """Accept the operator's microphone (``mic``) or webcam (``webcam``) offer; returns (id, answer SDP)."""
+        session = self.session(session_id)
+        media = {"mic": "audio", "webcam": "video"}[kind]
+        if f"m={media}" not in offer_sdp:
+            raise InputError(f"the {kind} offer has no {media} section (m={media})")
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        upstream = Upstream(uuid.uuid4().hex, kind, session, peer)
+        consume = consume_microphone if kind == "mic" else consume_webcam
+
+        @peer.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == media:
+                self.spawn(consume(track, upstream), f"{kind}-{upstream.upstream_id}")
+
+        @peer.on("connectionstatechange")
+        async def on_state() -> None:
+            if peer.connectionState in ("failed", "closed"):
+                await self.remove_upstream(upstream.upstream_id, missing_ok=True)
+
+        answer = await self._answer(peer, offer_sdp)
+        self.upstreams[upstream.upstream_id] = upstream
+        return upstream.upstream_id, answer
+
+    async def remove_upstream(self, upstream_id: str, *, missing_ok: bool = False) -> None:
+        """Close an upstream peer; its consumer task ends with the track."""
+        upstream = self.upstreams.pop(upstream_id, None)
+        if upstream is None:
+            if missing_ok:
+                return
+            raise NotFoundError(f"no upstream {upstream_id!r}")
+        await upstream.peer.close()
+
+    # --- outputs ---------------------------------------------------------------------------------------------
+
+    def add_output(self, kind: str, target: str, session_id: str | None = None) -> StreamOutput:
+        """Start pushing a session to RTMP or recording it to MP4."""
+        session = self.session(session_id)
+        output = StreamOutput(uuid.uuid4().hex[:12], session.session_id, kind, target,
+                              self.relay.subscribe(self.video_sources[session.session_id], buffered=False),
+                              TwinAudioTrack(session), session.assets.frame_size, session.clock.fps)
+        output.start(self.spawn)
+        self.outputs[output.output_id] = output
+        return output
+
+    async def remove_output(self, output_id: str) -> dict[str, Any]:
+        """Stop an output (finishing a recording); returns its final description."""
+        output = self.outputs.pop(output_id, None)
+        if output is None:
+            raise NotFoundError(f"no output {output_id!r}")
+        await output.stop()
+        return output.describe()
+
+    # --- lifecycle and reporting -----------------------------------------------------------------------------
+
     async def stop(self) -> None:
-        """Close viewers, stop sessions and the worker, release the engine."""
+        """Close peers and outputs, stop sessions and the worker, release the engines."""
         for viewer_id in list(self.viewers):
             await self.remove_viewer(viewer_id, missing_ok=True)
+        for upstream_id in list(self.upstreams):
+            await self.remove_upstream(upstream_id, missing_ok=True)
+        for output_id in list(self.outputs):
+            await self.remove_output(output_id)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.worker is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
-        self.engine.close()
+        for engine in self.engines.values():
+            engine.close()
 
     def stats(self) -> dict[str, Any]:
         """Server-wide stats; the default session's figures are repeated at the top level."""
-        sessions = {key: session.stats() for key, session in self.sessions.items()}
+        sessions = {}
+        for key, session in self.sessions.items():
+            row = session.stats()
+            row["outputs"] = [o.describe() for o in self.outputs.values() if o.session_id == key]
+            row["upstreams"] = [u.describe() for u in self.upstreams.values() if u.session is session]
+            row["egress_frames"] = session.egress_frames
+            sessions[key] = row
         worker = self.worker
-        summary: dict[str, Any] = dict(sessions.get("default", {}))
+        summary: dict[str, Any] = dict(sessions.get(self.default_session_id, {})) if sessions else {}
         summary.update({
             "sessions": sessions,
             "viewers": len(self.viewers),
-            "engine": self.engine.describe(),
+            "twins": sorted(self.twins),
+            "engine": next(iter(self.engines.values())).describe(),
+            "engines": {key: engine.describe() for key, engine in self.engines.items()},
             "render_worker": {
                 "calls": worker.calls if worker else 0,
                 "dropped_jobs": worker.dropped if worker else 0,

@@ -1,47 +1,84 @@
-"""Running the live server: build the engine and twin, serve the app until a signal arrives."""
+"""Running the live server: build the engines and twins, serve the app until a signal arrives."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from avatar.audio import MelSpec
 from avatar.pack import AvatarPack
-from engines.base import EngineOptions, choose_auto, create_engine
+from engines.base import Engine, EngineOptions, choose_auto, create_engine
+from export.spec import resolve_artifact
 from stream.app import create_app
 from stream.assets import TwinAssets
 from stream.config import ServeConfig
 from stream.runtime import TwinRuntime
+from stream.session import Twin
+from twincast.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-def build_runtime(config: ServeConfig, avatar: Path, model: Path) -> TwinRuntime:
-    """Load the artifact and the pack, warm the engine up, and prepare the twin (blocking)."""
+@dataclass(frozen=True)
+class TwinSource:
+    """Where a twin comes from: a name, its avatar pack and its model artifact."""
+
+    name: str
+    pack: Path
+    model: Path
+
+    @classmethod
+    def parse(cls, text: str) -> TwinSource:
+        """Read ``NAME=PACK,MODEL`` (the ``--twin`` flag).
+
+        Raises:
+            InputError: the text is not in that form.
+        """
+        match = re.fullmatch(r"([A-Za-z0-9_\-]{1,40})=([^,]+),(.+)", text)
+        if not match:
+            raise InputError(f"--twin {text!r} must look like NAME=PACK_DIR,MODEL.onnx")
+        return cls(match.group(1), Path(match.group(2)), Path(match.group(3)))
+
+
+def build_runtime(config: ServeConfig, sources: list[TwinSource]) -> TwinRuntime:
+    """Load each artifact once (twins may share one), warm the engines up, prepare the twins (blocking)."""
     options = EngineOptions(threads=config.threads, spin=False)
     if config.engine == "auto":
         name, why = choose_auto(options)
         log.info("engine auto → %s: %s", name, why)
-    engine = create_engine(config.engine, model, options)
-    warmup_s = engine.warmup(config.max_batch)
-    log.info("engine %s warmed up in %.2f s", engine.name, warmup_s)
-    assets = TwinAssets.from_pack(AvatarPack.load(avatar), engine.spec)
-    return TwinRuntime(engine, assets, engine.spec, config)
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise InputError(f"twin names must be unique, got {names}")
+    engines: dict[str, Engine] = {}
+    twins: dict[str, Twin] = {}
+    for source in sources:
+        key = str(resolve_artifact(source.model).resolve())
+        if key not in engines:
+            engine = create_engine(config.engine, source.model, options)
+            log.info("engine %s for %s warmed up in %.2f s", engine.name, source.model, engine.warmup(config.max_batch))
+            engines[key] = engine
+        spec = engines[key].spec
+        assets = TwinAssets.from_pack(AvatarPack.load(source.pack), spec)
+        twins[source.name] = Twin(source.name, assets, key, MelSpec(**spec.mel), spec.crop_px)
+    return TwinRuntime(twins, engines, config)
 
 
-async def serve(config: ServeConfig, avatar: Path, model: Path, *,
+async def serve(config: ServeConfig, sources: list[TwinSource], *,
                 announce: Callable[[str], None] = print) -> None:
     """Serve until SIGINT or SIGTERM.
 
     ``announce`` receives the line ``twincast serving http://HOST:PORT/`` with the port actually bound (so
     ``--port 0`` works), and, when the operator token was generated here, the token once.
     """
-    runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, avatar, model)
+    runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, sources)
     token = config.operator_token
     if token is None and not config.is_loopback:
         token = secrets.token_urlsafe(24)

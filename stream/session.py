@@ -1,9 +1,9 @@
-"""One live twin: its clock, its audio, its pose, and the frames rendered for it.
+"""One live twin session: its clock, its audio, its pose, and the frames rendered for it.
 
 Timeline (DESIGN, "The live loop"): on producer tick *j* (at clock deadline *j*) the next queued audio chunk
 becomes frame *j*'s audio, and frame *n = j − K* is submitted for rendering, K being the mel window's
-look-ahead in frames. Frame *n* plays out at deadline *n + K + L*, L frames of render lead later, with its own
-audio: audio and video are locked by construction.
+look-ahead in frames (``MelSpec.future_frames``). Frame *n* plays out at deadline *n + K + L*, L frames of
+render lead later, with its own audio: audio and video are locked by construction.
 """
 
 from __future__ import annotations
@@ -12,21 +12,25 @@ import asyncio
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from avatar.audio import PLAYBACK_SAMPLES_PER_FRAME, MelSpec, mel_windows
-from avatar.speech import Voice, synthesize_async
+from avatar.speech import Speech, split_sentences
 from stream.assets import TwinAssets
 from stream.audio_queue import SILENCE, AudioChunk, AudioQueue, prepare_chunks
 from stream.clock import MediaClock
-from stream.pose import PoseDriver
+from stream.pose import PoseController
 from stream.render_worker import RenderedFrame, RenderJob, RenderWorker
+from stream.tts import TextToSpeech, speak_sentences
+from twincast.errors import PayloadTooLargeError, UnprocessableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
 class FrameRing(Generic[T]):
@@ -47,6 +51,10 @@ class FrameRing(Generic[T]):
         slot = index % len(self._keys)
         return self._items[slot] if self._keys[slot] == index else None
 
+    def keys(self) -> list[int]:
+        """Indices currently stored."""
+        return [key for key in self._keys if key is not None]
+
     def discard_from(self, index: int) -> None:
         """Forget every entry at or after ``index``."""
         for slot, key in enumerate(self._keys):
@@ -57,35 +65,49 @@ class FrameRing(Generic[T]):
 
 @dataclass(frozen=True)
 class VideoOut:
-    """A frame ready for the video tracks: planar yuv420p and the base frame it was rendered over."""
+    """A frame ready for the video track: planar yuv420p, its generation and the base frame under it."""
 
     i420: np.ndarray
     generation: int
+    base_index: int
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A loaded twin: its prepared assets and the engine that renders it."""
+
+    name: str
+    assets: TwinAssets
+    engine: str
+    mel_spec: MelSpec
+    crop_px: int
 
 
 class TwinSession:
     """A live twin session, driven by ``run()`` on the event loop."""
 
-    def __init__(self, session_id: str, assets: TwinAssets, worker: RenderWorker, clock: MediaClock, *,
-                 mel_spec: MelSpec, pose: PoseDriver, lead_frames: int, noise: np.ndarray,
-                 max_queued_frames: int, voice: Voice) -> None:
+    def __init__(self, session_id: str, twin: Twin, worker: RenderWorker, clock: MediaClock, *, tts: TextToSpeech,
+                 pose_mode: str, lead_frames: int, noise: np.ndarray, max_queued_frames: int, spawn: Spawn) -> None:
         self.session_id = session_id
-        self.assets = assets
+        self.twin = twin
+        self.assets = twin.assets
         self.worker = worker
         self.clock = clock
-        self.mel_spec = mel_spec
-        self.pose = pose
-        self.voice = voice
-        self.context = mel_spec.context_frames
+        self.mel_spec = twin.mel_spec
+        self.tts = tts
+        self.pose = PoseController(twin.assets.base_poses, pose_mode)
+        self.lookahead = self.mel_spec.future_frames
+        self.history = self.mel_spec.past_frames
         self.lead = lead_frames
         self.noise = noise
         self.generation = 0
         self.audio_queue = AudioQueue(max_queued_frames)
-        ring = 4 * (2 * self.context + self.lead) + 16
+        self._spawn = spawn
+        ring = 4 * (self.history + self.lookahead + self.lead) + 16
         self._audio = FrameRing[AudioChunk](ring)
         self._video = FrameRing[VideoOut](ring)
         self._next_tick = 0
-        self._idle_i420 = assets.base_i420(pose.base_index(0))
+        self._idle_i420 = self.assets.base_i420(0)
         self._last_video: tuple[int, VideoOut] | None = None
         self._repeat_counted = -1
         self.viewers = 0
@@ -93,15 +115,17 @@ class TwinSession:
         self.repeated_frames = 0
         self.dropped_stale = 0
         self.interrupts = 0
+        self.egress_frames = 0
         self._deliveries: deque[float] = deque(maxlen=200)
         self._render_ms: deque[float] = deque(maxlen=500)
+        self.last_interrupt: dict[str, float] = {}
 
     # --- timeline -------------------------------------------------------------------------------------------
 
     @property
     def delay_frames(self) -> int:
         """Frames between an audio chunk entering the timeline and its playout."""
-        return self.context + self.lead
+        return self.lookahead + self.lead
 
     def playout_deadline(self, frame_index: float) -> float:
         """Clock time at which frame ``frame_index`` (fractional for 20 ms audio blocks) plays out."""
@@ -121,7 +145,7 @@ class TwinSession:
 
     def _tick(self, tick: int) -> None:
         self._audio.put(tick, self.audio_queue.pop())
-        frame_index = tick - self.context
+        frame_index = tick - self.lookahead
         if frame_index >= 0:
             self._submit(frame_index)
 
@@ -137,17 +161,17 @@ class TwinSession:
         generation = self.generation
 
         def finish(face: np.ndarray) -> VideoOut:
-            return VideoOut(assets.compose_i420(base, face), generation)
+            return VideoOut(assets.compose_i420(base, face), generation, base)
 
-        self.worker.submit(RenderJob(self.session_id, frame_index, generation, inputs, finish, self._deliver,
-                                     self._is_current))
+        self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, finish,
+                                     self._deliver, self._is_current))
 
     def _is_current(self, generation: int) -> bool:
         return generation == self.generation
 
     def _mel(self, frame_index: int) -> np.ndarray:
-        first = frame_index - self.context
-        chunks = [(self._audio.get(i) or SILENCE).features for i in range(first, frame_index + self.context + 1)]
+        first = frame_index - self.history
+        chunks = [(self._audio.get(i) or SILENCE).features for i in range(first, frame_index + self.lookahead + 1)]
         window = mel_windows(np.concatenate(chunks), np.array([frame_index]), self.mel_spec, first_frame=first)
         return window[0]
 
@@ -166,6 +190,7 @@ class TwinSession:
 
     def video_i420(self, frame_index: int) -> np.ndarray:
         """The frame to show at ``frame_index``: its render, else the latest earlier one (counted as repeated)."""
+        self.egress_frames += 1
         rendered = self._video.get(frame_index)
         if rendered is not None:
             if self._last_video is None or self._last_video[0] < frame_index:
@@ -184,33 +209,78 @@ class TwinSession:
         block = chunk.playback[start : start + size]
         return np.round(np.clip(block, -1.0, 1.0) * 32767.0).astype(np.int16)
 
-    # --- control ---------------------------------------------------------------------------------------------
+    # --- audio inputs ----------------------------------------------------------------------------------------
 
     async def say(self, text: str) -> dict[str, Any]:
-        """Synthesise ``text`` and queue it after whatever is queued; returns what was queued."""
-        speech = await synthesize_async(text, self.voice)
+        """Speak ``text`` after whatever is queued: the first sentence is synthesised before this returns (so
+        errors surface here), the rest in a background task that stops if the speech is interrupted."""
+        generation = self.generation
+        sentences = split_sentences(text)
+        first = await self.tts.synthesize(sentences[0])
+        frames = await self.queue_speech(first)
+        if len(sentences) > 1:
+            rest = " ".join(sentences[1:])
+
+            async def enqueue(speech: Speech) -> bool:
+                if self.generation != generation:
+                    return False
+                await self.queue_speech(speech)
+                return True
+
+            self._spawn(speak_sentences(self.tts, rest, enqueue), f"say-{self.session_id}")
+        return {"queued_s": round(frames / self.clock.fps, 3), "sentences": len(sentences),
+                "generation": self.generation,
+                "starts_in_s": round((len(self.audio_queue) - frames + self.delay_frames) / self.clock.fps, 3)}
+
+    async def queue_speech(self, speech: Speech) -> int:
+        """Resample a whole utterance off the loop and queue it; returns the frames it fills."""
+        if speech.samples.size == 0:
+            raise UnprocessableError("the audio holds no samples")
         loop = asyncio.get_running_loop()
         chunks = await loop.run_in_executor(None, prepare_chunks, speech.samples, speech.sample_rate_hz)
-        frames = self.audio_queue.extend(chunks)
-        return {"queued_s": round(frames / self.clock.fps, 3), "generation": self.generation,
-                "starts_in_s": round((len(self.audio_queue) - frames + self.delay_frames) / self.clock.fps, 3)}
+        return self.audio_queue.extend(chunks)
+
+    def queue_stream(self, chunks: list[AudioChunk], *, live: bool) -> int:
+        """Queue chunks from a streaming input (agent push, microphone); returns frames queued.
+
+        Live (microphone) chunks keep latency bounded by dropping the oldest; pushed chunks are kept whole and
+        refused only beyond the queue's limit.
+        """
+        if live:
+            self.audio_queue.extend_live(chunks)
+            return len(chunks)
+        try:
+            return self.audio_queue.extend(chunks)
+        except PayloadTooLargeError:
+            log.warning("session %s: pushed audio over the queue limit; %d frames dropped", self.session_id,
+                        len(chunks))
+            raise
+
+    # --- control ---------------------------------------------------------------------------------------------
 
     def interrupt(self) -> dict[str, Any]:
         """Barge-in: drop queued speech and every not-yet-played frame of the current generation.
 
-        The audio of frames not yet played becomes silence at once, and those frames are re-rendered (with
-        a closed mouth) under a new generation; stale in-flight renders are discarded by the worker.
+        The audio of frames not yet played becomes silence at once, every remembered chunk stops feeding the
+        mel windows (so the mouth closes without the tail of the old speech), and the unplayed frames are
+        re-rendered under a new generation; stale in-flight renders are discarded by the worker.
         """
         self.generation += 1
         self.interrupts += 1
         dropped = self.audio_queue.clear()
         first_unplayed = self.playout_index() + 1
-        for index in range(first_unplayed, self._next_tick):
-            if (chunk := self._audio.get(index)) is not None and chunk.speech:
+        for index in self._audio.keys():
+            chunk = self._audio.get(index)
+            if chunk is None or not chunk.speech:
+                continue
+            if index >= first_unplayed:
                 self._audio.put(index, SILENCE)
+            else:
+                self._audio.put(index, replace(chunk, features=SILENCE.features, speech=False))
         self._video.discard_from(first_unplayed)
-        for frame_index in range(first_unplayed, self._next_tick - self.context):
+        for frame_index in range(max(0, first_unplayed), self._next_tick - self.lookahead):
             self._submit(frame_index)
+        self.last_interrupt = {"at": self.clock.now(), "first_silent_frame": float(first_unplayed)}
         return {"generation": self.generation, "dropped_s": round(dropped / self.clock.fps, 3)}
 
     # --- reporting -------------------------------------------------------------------------------------------
@@ -231,6 +301,7 @@ class TwinSession:
         p50, p99 = (float(np.percentile(render, q)) for q in (50, 99)) if render else (math.nan, math.nan)
         return {
             "session": self.session_id,
+            "twin": self.twin.name,
             "fps": round(fps, 2),
             "render_ms_p50": round(p50, 2) if render else None,
             "render_ms_p99": round(p99, 2) if render else None,
@@ -243,6 +314,9 @@ class TwinSession:
             "interrupts": self.interrupts,
             "frame_index": max(0, self.playout_index()),
             "audio_to_frame_ms": round(1000 * self.delay_frames / self.clock.fps, 1),
-            "queue": {"speech_frames": len(self.audio_queue), "render_jobs": self.worker.depth},
+            "queue": {"speech_frames": len(self.audio_queue), "render_jobs": self.worker.depth,
+                      "live_frames_dropped": self.audio_queue.dropped_live},
+            "pose": self.pose.describe(),
             "frame_size": list(self.assets.frame_size),
         }
+

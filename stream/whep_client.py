@@ -64,7 +64,8 @@ async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int)
             media.audio_arrival_s.append(now)
 
 
-async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, during: Any = None) -> ReceivedMedia:
+async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, during: Any = None,
+               session: str | None = None) -> ReceivedMedia:
     """Connect to ``base_url``'s WHEP endpoint, receive for ``seconds``, hang up (DELETE), return the media.
 
     Args:
@@ -72,6 +73,7 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
         seconds: how long to receive after the connection is up.
         keep_video: keep at most this many most-recent video frames.
         during: an optional coroutine function called (awaited) once the media is flowing.
+        session: the session to watch (the server's default when None).
     """
     media = ReceivedMedia()
     first_video = media.first_video
@@ -88,7 +90,8 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
     location = None
     async with aiohttp.ClientSession() as http:
         try:
-            async with http.post(f"{base_url}/whep", data=peer.localDescription.sdp,
+            query = f"?session={session}" if session else ""
+            async with http.post(f"{base_url}/whep{query}", data=peer.localDescription.sdp,
                                  headers={"Content-Type": "application/sdp"}) as response:
                 body = await response.text()
                 if response.status != 201:

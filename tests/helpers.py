@@ -95,3 +95,31 @@ class ServerProcess:
     def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
         """POST a JSON (or given content type) body to a path on the server."""
         return http("POST", self.url + path, body, **kwargs)
+
+
+def crop_box(pack: Path, rows: tuple[float, float], cols: tuple[float, float], base_index: int = 0
+             ) -> tuple[slice, slice]:
+    """A crop-space box of a pack's base frame mapped into frame pixels (its bounding box)."""
+    import numpy as np
+
+    from avatar.pack import AvatarPack
+
+    loaded = AvatarPack.load(pack)
+    matrix = np.asarray(loaded.array("base_transforms")[base_index], np.float64)
+    crop = loaded.meta.crop_px
+    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    corners = np.array([[cols[0] * crop, rows[0] * crop, 1], [cols[1] * crop, rows[1] * crop, 1]]) @ inverse.T
+    (x0, y0), (x1, y1) = corners.min(axis=0).astype(int), corners.max(axis=0).astype(int)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def mouth_and_upper_change(frames: Any, baseline: Any, pack: Path) -> tuple[Any, Any]:
+    """Per-frame mean absolute change from ``baseline`` in the mouth box and in the upper-face box."""
+    import numpy as np
+
+    mouth = crop_box(pack, (0.62, 0.9), (0.3, 0.7))
+    upper = crop_box(pack, (0.15, 0.45), (0.2, 0.8))
+    stack = np.asarray(frames, np.float32)
+    mouth_change = np.abs(stack[:, mouth[0], mouth[1]] - baseline[mouth]).mean(axis=(1, 2, 3))
+    upper_change = np.abs(stack[:, upper[0], upper[1]] - baseline[upper]).mean(axis=(1, 2, 3))
+    return mouth_change, upper_change

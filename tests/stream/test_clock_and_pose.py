@@ -3,9 +3,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from stream.audio_queue import SILENCE, AudioQueue, prepare_chunks
+from stream.audio_queue import SILENCE, AudioQueue, StreamChunker, prepare_chunks
 from stream.clock import MediaClock
-from stream.pose import LoopPose, StillPose, make_pose_driver
+from stream.pose import LoopPose, PoseController, StillPose
 from tests.stream.manual_clock import ManualTime
 from twincast.errors import InputError, PayloadTooLargeError
 
@@ -53,9 +53,40 @@ def test_loop_pose_ping_pongs_without_a_jump() -> None:
     sequence = [pose.base_index(n) for n in range(10)]
     assert sequence == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
     assert max(abs(a - b) for a, b in zip(sequence, sequence[1:], strict=False)) == 1
+    pose.continue_from(2, 100)
+    assert [pose.base_index(n) for n in (100, 101, 102)] == [2, 3, 2]
     assert StillPose(4, 2).base_index(1234) == 2
-    with pytest.raises(InputError, match="unknown pose driver"):
-        make_pose_driver("dance", 4)
+
+
+def _poses(count: int) -> np.ndarray:
+    """Base frames whose roll sweeps from -5 to +5 degrees."""
+    return np.stack([np.zeros(count), np.zeros(count), np.linspace(-5, 5, count)], axis=1).astype(np.float32)
+
+
+def test_scripted_pose_picks_the_nearest_base_frame_and_returns_to_the_loop_smoothly() -> None:
+    controller = PoseController(_poses(11))
+    for n in range(3):
+        controller.base_index(n)
+    controller.script(0.0, 0.0, 4.0)
+    assert controller.base_index(3) == 9  # roll +4 is base frame 9
+    controller.set_mode("loop")
+    resumed = [controller.base_index(n) for n in (4, 5, 6)]
+    assert resumed == [10, 9, 8] or resumed == [9, 10, 9]  # continues from the frame on screen, no jump
+    assert abs(resumed[0] - 9) <= 1
+    with pytest.raises(InputError, match="pose mode 'dance'"):
+        controller.set_mode("dance")
+
+
+def test_webcam_pose_follows_and_falls_back_when_lost() -> None:
+    now = [0.0]
+    controller = PoseController(_poses(11), now=lambda: now[0])
+    for step in range(20):
+        now[0] = step * 0.04
+        controller.webcam((0.0, 0.0, -5.0))
+    assert controller.base_index(20) == 0 and controller.mode == "webcam"
+    now[0] += 2.0  # no webcam frames for two seconds
+    assert controller.base_index(21) in (0, 1)  # back on the loop, from the frame on screen
+    assert controller.mode == "loop" and controller.fallbacks == 1
 
 
 def test_audio_queue_refuses_what_does_not_fit_and_keeps_what_is_queued() -> None:
@@ -69,3 +100,28 @@ def test_audio_queue_refuses_what_does_not_fit_and_keeps_what_is_queued() -> Non
     assert chunk.speech and chunk.playback.shape == (1920,) and chunk.features.shape == (640,)
     assert queue.clear() == 24
     assert queue.pop() is SILENCE
+
+
+def test_live_audio_never_builds_up_latency() -> None:
+    queue = AudioQueue(max_frames=500, max_live_frames=8)
+    dropped = queue.extend_live(prepare_chunks(np.ones(22050, np.float32) * 0.1, 22050))
+    assert len(queue) == 8 and dropped == 17
+
+
+def test_stream_chunker_matches_whole_utterance_resampling() -> None:
+    rate = 16_000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
+    chunker = StreamChunker(rate)
+    chunks = []
+    for start in range(0, tone.size, 333):  # awkward packet sizes
+        chunks += chunker.feed(tone[start:start + 333])
+    chunks += chunker.flush()
+    assert len(chunks) == 50  # exactly 2 s of frames
+    streamed = np.concatenate([c.playback for c in chunks])
+    whole = np.concatenate([c.playback for c in prepare_chunks(tone, rate)])
+    middle = slice(4800, 90_000)
+    assert np.abs(streamed[middle] - whole[middle]).max() < 0.02  # same samples, no clicks at packet edges
+    features = np.concatenate([c.features for c in chunks])
+    assert features[1600:30_000].std() == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+    with pytest.raises(InputError, match="sample_rate 4000"):
+        StreamChunker(4000)

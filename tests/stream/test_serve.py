@@ -9,20 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.pack import AvatarPack
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import ServerProcess, http
-
-
-def _region(pack: Path, rows: tuple[float, float], cols: tuple[float, float]) -> tuple[slice, slice]:
-    """A crop-space box of base frame 0 mapped into frame pixels (bounding box)."""
-    loaded = AvatarPack.load(pack)
-    matrix = np.asarray(loaded.array("base_transforms")[0], np.float64)
-    crop = loaded.meta.crop_px
-    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-    corners = np.array([[cols[0] * crop, rows[0] * crop, 1], [cols[1] * crop, rows[1] * crop, 1]]) @ inverse.T
-    (x0, y0), (x1, y1) = corners.min(axis=0).astype(int), corners.max(axis=0).astype(int)
-    return slice(y0, y1), slice(x0, x1)
+from tests.helpers import ServerProcess, http, mouth_and_upper_change
 
 
 def test_health_and_stats(server: ServerProcess) -> None:
@@ -60,17 +48,24 @@ def test_whep_viewer_receives_video_and_audio_and_the_mouth_speaks(server: Serve
     speaking = frames[(arrival > 0.5) & (arrival < speech_s)]
     idle_after = frames[arrival > speech_s + 1.0]
     assert len(speaking) >= 20 and len(idle_after) >= 10
-    baseline = idle_after.mean(axis=0)
-    mouth = _region(pack, (0.62, 0.9), (0.3, 0.7))
-    upper = _region(pack, (0.15, 0.45), (0.2, 0.8))
-    mouth_change = np.abs(speaking[:, mouth[0], mouth[1]] - baseline[mouth]).mean(axis=(1, 2, 3))
-    upper_change = np.abs(speaking[:, upper[0], upper[1]] - baseline[upper]).mean(axis=(1, 2, 3))
+    mouth_change, upper_change = mouth_and_upper_change(speaking, idle_after.mean(axis=0), pack)
     assert np.percentile(mouth_change, 90) > 3.0, mouth_change
     # The upper face stays put: what changes there is only the codec's rate control reacting to the mouth.
     assert np.percentile(mouth_change, 90) > 4 * np.percentile(upper_change, 90), (mouth_change, upper_change)
     received = media.audio.astype(np.float32)
     speech_audio = received[int(48_000 * 1.6):int(48_000 * (1.2 + speech_s))]
     assert np.sqrt(np.mean(speech_audio**2)) > 300  # the speech is audible at the client
+
+
+def test_speech_starts_after_the_first_sentence(server: ServerProcess) -> None:
+    status, body = server.post("/api/say", {"text": "Short start. Then a much longer second sentence follows it. "
+                                                     "And a third one comes after that, to finish the thought."})
+    assert status == 202 and body["sentences"] == 3
+    assert body["queued_s"] < 1.5  # only the first sentence was synthesised before the answer
+    time.sleep(1.0)
+    queued = server.get("/api/stats")[1]["queue"]["speech_frames"]
+    assert queued / 25 > 3.0  # the rest arrived in the background while the first played
+    server.post("/api/interrupt", {})
 
 
 def test_interrupt_silences_and_bumps_generation(server: ServerProcess) -> None:

@@ -1,0 +1,242 @@
+"""Live-loop benchmarks of a running twin (the demo unless --model/--avatar are given).
+
+    .venv/bin/python -m bench.live latency|interrupt|viewers|drift [--minutes 30] [--seconds 20]
+
+latency    audio in (first loud PCM packet pushed over /api/push) → mouth response in frames received by an aiortc
+           WHEP client on loopback, and that client's audio-vs-mouth onset offset; 10 trials.
+interrupt  POST /api/interrupt during speech → received audio silent and mouth closed; 10 trials.
+viewers    N aiortc viewers at once (default 4): frames/s each receives, server fps and late frames.
+drift      speech every 10 s for --minutes: the audio-vs-mouth onset offset of each utterance, first vs last.
+
+Onsets are found in what the client received: the audio onset where the 20 ms level first exceeds -35 dBFS,
+the mouth onset where the mouth box first differs from the idle frame by more than a threshold learned from
+the idle frames. Everything runs on this machine; the client's decoding shares its CPU with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from avatar.speech import synthesize
+from stream.whep_client import ReceivedMedia, pull
+from tests.helpers import ServerProcess, crop_box
+
+ONSET_DBFS = -35.0
+
+
+def speech_pcm(text: str) -> tuple[bytes, int]:
+    speech = synthesize(text)
+    return (np.clip(speech.samples, -1, 1) * 32767).astype("<i2").tobytes(), speech.sample_rate_hz
+
+
+def audio_onsets(media: ReceivedMedia, after: float) -> list[float]:
+    """Arrival times of audio blocks where the level rises above ONSET_DBFS after ``after``."""
+    onsets, loud_before = [], False
+    for block, arrival in zip(media.audio_blocks, media.audio_arrival_s, strict=False):
+        if arrival < after:
+            continue
+        level = 20 * np.log10(max(float(np.sqrt(np.mean(block.astype(np.float64) ** 2))), 1.0) / 32768)
+        loud = level > ONSET_DBFS
+        if loud and not loud_before:
+            onsets.append(arrival)
+        loud_before = loud
+    return onsets
+
+
+def mouth_series(media: ReceivedMedia, pack: Path) -> np.ndarray:
+    """Mean absolute difference of each received frame's mouth box from the median of the first 10 frames."""
+    rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))
+    boxes = np.stack([frame[rows, cols].astype(np.float32) for frame in media.video])
+    idle = np.median(boxes[:10], axis=0)
+    return np.abs(boxes - idle).mean(axis=(1, 2, 3))
+
+
+def first_crossing(times: np.ndarray, values: np.ndarray, threshold: float, after: float) -> float | None:
+    for moment, value in zip(times, values, strict=True):
+        if moment >= after and value > threshold:
+            return float(moment)
+    return None
+
+
+async def push_speech(url: str, pcm: bytes, rate: int) -> float:
+    """Push one utterance over the WebSocket; returns when its first packet was sent."""
+    async with aiohttp.ClientSession() as client, client.ws_connect(url + "/api/push") as socket:
+        await socket.receive_json()
+        await socket.send_json({"type": "start", "sample_rate": rate})
+        await socket.receive_json()
+        sent_at = time.monotonic()
+        packet = 2 * rate // 25
+        for start in range(0, len(pcm), packet):
+            await socket.send_bytes(pcm[start:start + packet])
+        await socket.send_json({"type": "end"})
+        await socket.receive_json()
+    return sent_at
+
+
+def trim_leading_silence(pcm: bytes) -> bytes:
+    samples = np.frombuffer(pcm, "<i2")
+    loud = np.flatnonzero(np.abs(samples) > 1000)
+    return samples[loud[0]:].tobytes() if loud.size else pcm
+
+
+async def latency(server: ServerProcess, pack: Path, trials: int) -> dict[str, Any]:
+    pcm, rate = speech_pcm("Papa bought a big bag of apples.")
+    pcm = trim_leading_silence(pcm)
+    pushes: list[float] = []
+
+    async def speak_repeatedly() -> None:
+        await asyncio.sleep(1.5)
+        for _ in range(trials):
+            pushes.append(await push_speech(server.url, pcm, rate))
+            await asyncio.sleep(3.0)
+
+    media = await pull(server.url, 1.0, during=speak_repeatedly)
+    times = np.array(media.video_arrival_s)
+    series = mouth_series(media, pack)
+    idle = series[times < pushes[0]]
+    threshold = float(idle.mean() + 6 * idle.std() + 1.0)
+    audio = audio_onsets(media, pushes[0] - 0.1)
+    rows = []
+    for pushed in pushes:
+        mouth = first_crossing(times, series, threshold, pushed)
+        sound = next((t for t in audio if t >= pushed), None)
+        if mouth is None or sound is None:
+            continue
+        rows.append({"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
+                     "av_offset_ms": 1000 * (mouth - sound)})
+    return summarize("latency", rows, {"threshold": round(threshold, 2)})
+
+
+async def interrupt(server: ServerProcess, pack: Path, trials: int) -> dict[str, Any]:
+    text = "This is a long sentence that keeps going so that it can be interrupted in the middle of it."
+    marks: list[float] = []
+
+    async def speak_and_cut() -> None:
+        await asyncio.sleep(1.5)
+        loop = asyncio.get_running_loop()
+        for _ in range(trials):
+            await loop.run_in_executor(None, lambda: server.post("/api/say", {"text": text}))
+            await asyncio.sleep(1.5)
+            marks.append(time.monotonic())
+            await loop.run_in_executor(None, lambda: server.post("/api/interrupt", {}))
+            await asyncio.sleep(1.5)
+
+    media = await pull(server.url, 0.5, during=speak_and_cut)
+    series = mouth_series(media, pack)
+    times = np.array(media.video_arrival_s)
+    threshold = float(series[times < marks[0] - 1.5].mean() + 6 * series[times < marks[0] - 1.5].std() + 1.0)
+    blocks = list(zip(media.audio_arrival_s, media.audio_blocks, strict=False))
+    rows = []
+    for mark in marks:
+        silent = next((t for t, b in blocks if t >= mark and _quiet_from(blocks, t)), None)
+        closed = next((t for t, v in zip(times, series, strict=True) if t >= mark and v < threshold), None)
+        if silent is not None and closed is not None:
+            rows.append({"audio_silent_ms": 1000 * (silent - mark), "mouth_closed_ms": 1000 * (closed - mark)})
+    return summarize("interrupt", rows, {})
+
+
+def _quiet_from(blocks: list[tuple[float, np.ndarray]], start: float, span_s: float = 0.3) -> bool:
+    window = [b for t, b in blocks if start <= t < start + span_s]
+    return bool(window) and all(np.abs(b).max() < 300 for b in window)
+
+
+async def viewers(server: ServerProcess, count: int, seconds: float) -> dict[str, Any]:
+    before = server.get("/api/stats")[1]
+    results = await asyncio.gather(*(pull(server.url, seconds, keep_video=2) for _ in range(count)))
+    after = server.get("/api/stats")[1]
+    received = [len(media.video_pts) / seconds for media in results]
+    return {"benchmark": "viewers", "viewers": count, "seconds": seconds,
+            "received_fps": [round(value, 2) for value in received], "server_fps": after["fps"],
+            "late_frames": after["late_frames"] - before["late_frames"],
+            "repeated_frames": after["repeated_frames"] - before["repeated_frames"],
+            "render_ms_p50": after["render_ms_p50"], "render_ms_p99": after["render_ms_p99"]}
+
+
+async def drift(server: ServerProcess, pack: Path, minutes: float) -> dict[str, Any]:
+    pcm, rate = speech_pcm("Papa bought a big bag of apples.")
+    pcm = trim_leading_silence(pcm)
+    pushes: list[float] = []
+    end = time.monotonic() + 60 * minutes
+
+    async def speak_every_ten_seconds() -> None:
+        await asyncio.sleep(2.0)
+        while time.monotonic() < end:
+            pushes.append(await push_speech(server.url, pcm, rate))
+            await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - pushes[-1])))
+
+    media = await pull(server.url, 1.0, keep_video=10**7, during=speak_every_ten_seconds)
+    times = np.array(media.video_arrival_s)
+    series = mouth_series(media, pack)
+    idle = series[times < pushes[0]]
+    threshold = float(idle.mean() + 6 * idle.std() + 1.0)
+    audio = audio_onsets(media, pushes[0] - 0.1)
+    offsets = []
+    for pushed in pushes:
+        mouth = first_crossing(times, series, threshold, pushed)
+        sound = next((t for t in audio if t >= pushed), None)
+        if mouth is not None and sound is not None:
+            offsets.append(1000 * (mouth - sound))
+    head, tail = offsets[: max(1, len(offsets) // 10)], offsets[-max(1, len(offsets) // 10):]
+    return {"benchmark": "drift", "minutes": minutes, "utterances": len(pushes), "measured": len(offsets),
+            "offset_first_ms": round(statistics.mean(head), 1), "offset_last_ms": round(statistics.mean(tail), 1),
+            "drift_ms": round(statistics.mean(tail) - statistics.mean(head), 1),
+            "video_pts_span_s": (media.video_pts[-1] - media.video_pts[0]) / 90_000,
+            "audio_span_s": len(media.audio) / 48_000}
+
+
+def summarize(name: str, rows: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = {"benchmark": name, "trials": len(rows), **extra}
+    for key in rows[0] if rows else []:
+        values = [row[key] for row in rows]
+        report[key] = {"p50": round(statistics.median(values), 1), "min": round(min(values), 1),
+                       "max": round(max(values), 1)}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=["latency", "interrupt", "viewers", "drift"])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--viewers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--model")
+    parser.add_argument("--avatar")
+    args = parser.parse_args()
+    command = ["serve", "--model", args.model, "--avatar", args.avatar] if args.model else ["demo"]
+    with ServerProcess(*command, "--port", "0", "--pose", "still", "-q") as server:
+        pack = Path(args.avatar) if args.avatar else _demo_pack()
+        time.sleep(2.0)
+        if args.benchmark == "latency":
+            report = asyncio.run(latency(server, pack, args.trials))
+        elif args.benchmark == "interrupt":
+            report = asyncio.run(interrupt(server, pack, args.trials))
+        elif args.benchmark == "viewers":
+            report = asyncio.run(viewers(server, args.viewers, args.seconds))
+        else:
+            report = asyncio.run(drift(server, pack, args.minutes))
+        report["server"] = {"audio_to_frame_ms": server.get("/api/stats")[1]["audio_to_frame_ms"]}
+    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    report["date"] = time.strftime("%Y-%m-%d")
+    print(json.dumps(report, indent=1))
+
+
+def _demo_pack() -> Path:
+    from twincast.demo import cache_dir, demo_pack
+
+    return demo_pack(cache_dir(), progress=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Outputs: a session pushed to an RTMP(S) ingest (FLV, H.264 + AAC, 2 s GOP) or recorded to MP4.
+
+An output reads the session's relayed tracks like any viewer, and hands frames to an encoder thread through a
+bounded queue (overflow rule: drop the oldest; the muxer follows the frames' own timestamps, so a dropped frame
+is a repeat at the far end, never a drift). When an RTMP ingest goes away the thread reconnects with
+exponential backoff (1 s doubling to 30 s). Recordings are written to a temporary file and renamed on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from twincast.errors import InputError
+
+log = logging.getLogger(__name__)
+GOP_S = 2
+VIDEO_BITRATE = 1_500_000
+AUDIO_BITRATE = 128_000
+MAX_BACKOFF_S = 30.0
+QUEUE_FRAMES = 100
+
+
+def mask_url(url: str) -> str:
+    """An RTMP URL with its stream key hidden (all but the last 4 characters), safe for logs and responses."""
+    match = re.match(r"^(rtmps?://[^?#]*/)([^/?#]+)(.*)$", url)
+    if not match:
+        return url
+    prefix, key, rest = match.groups()
+    visible = key[-4:] if len(key) > 8 else ""
+    return f"{prefix}{'*' * 8}{visible}{'?…' if rest else ''}"
+
+
+def check_target(kind: str, target: str) -> str:
+    """Validate an output target.
+
+    Raises:
+        InputError: an RTMP URL that is not rtmp(s)://host/app/key, or a recording path that is not a new .mp4.
+    """
+    if kind == "rtmp":
+        if not re.match(r"^rtmps?://[^/\s]+/[^\s]+$", target):
+            raise InputError("RTMP url must look like rtmp://host[:port]/app/stream-key (or rtmps://)")
+        return target
+    if kind == "record":
+        path = Path(target)
+        if path.suffix.lower() != ".mp4":
+            raise InputError(f"recording path {target!r} must end in .mp4")
+        if not path.parent.is_dir():
+            raise InputError(f"recording directory {path.parent} does not exist")
+        if path.exists():
+            raise InputError(f"recording {target} already exists; choose a new file name")
+        return str(path)
+    raise InputError(f"output kind {kind!r} must be 'rtmp' or 'record'")
+
+
+class StreamOutput:
+    """One running output of one session."""
+
+    def __init__(self, output_id: str, session_id: str, kind: str, target: str, video: MediaStreamTrack,
+                 audio: MediaStreamTrack, frame_size: tuple[int, int], fps: int) -> None:
+        self.output_id = output_id
+        self.session_id = session_id
+        self.kind = kind
+        self.target = check_target(kind, target)
+        self.fps = fps
+        self.width, self.height = frame_size
+        self.state = "starting"
+        self.error: str | None = None
+        self.connects = 0
+        self.reconnects = 0
+        self.video_frames = 0
+        self.audio_frames = 0
+        self.dropped = 0
+        self.started_at = time.time()
+        self._video, self._audio = video, audio
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUE_FRAMES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"twincast-output-{output_id}", daemon=True)
+        self._readers: list[asyncio.Task[Any]] = []
+
+    def describe(self) -> dict[str, Any]:
+        """For the API and stats; the stream key is masked."""
+        return {"id": self.output_id, "session": self.session_id, "kind": self.kind,
+                "target": mask_url(self.target) if self.kind == "rtmp" else self.target, "state": self.state,
+                "error": self.error, "connects": self.connects, "reconnects": self.reconnects,
+                "video_frames": self.video_frames, "audio_frames": self.audio_frames, "dropped": self.dropped}
+
+    def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]) -> None:
+        """Start the encoder thread and the two track readers (as tasks made by ``spawn``)."""
+        self._thread.start()
+        self._readers = [spawn(self._read(self._video, "video"), f"output-{self.output_id}-video"),
+                         spawn(self._read(self._audio, "audio"), f"output-{self.output_id}-audio")]
+
+    async def stop(self) -> None:
+        """Stop reading, finish the file or close the connection, and wait for the thread."""
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._video.stop()
+        self._audio.stop()
+        self._stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30.0)
+
+    async def _read(self, track: MediaStreamTrack, kind: str) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self._offer(kind, frame)
+
+    def _offer(self, kind: str, frame: Any) -> None:
+        while True:
+            try:
+                self._queue.put_nowait((kind, frame))
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+                    self.dropped += 1
+
+    def _scrub(self, text: str) -> str:
+        """FFmpeg's messages quote the URL: mask its stream key before it is shown or logged."""
+        return text.replace(self.target, mask_url(self.target)) if self.kind == "rtmp" else text
+
+    # --- encoder thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self._stream_once()
+                break  # a clean stop
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                message = self._scrub(str(exc))
+                if self.kind == "record":
+                    self.state, self.error = "failed", message
+                    log.error("recording %s failed: %s", self.target, message)
+                    return
+                self.state, self.error = "reconnecting", message
+                self.reconnects += 1
+                log.warning("output %s to %s: %s; reconnecting in %.0f s", self.output_id, mask_url(self.target),
+                            message, backoff)
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    with contextlib.suppress(queue.Empty):
+                        self._queue.get(timeout=0.1)  # drop frames while disconnected: latency must not grow
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        if self.state != "failed":
+            self.state = "stopped"
+
+    def _stream_once(self) -> None:
+        if self.kind == "record":
+            fd, scratch = tempfile.mkstemp(prefix=".recording-", suffix=".mp4", dir=Path(self.target).parent)
+            os.close(fd)
+            destination, options, container_format = scratch, {"movflags": "+faststart"}, "mp4"
+        else:
+            destination, options, container_format = self.target, {"rw_timeout": "5000000"}, "flv"
+        container = av.open(destination, mode="w", format=container_format, options=options)
+        self.connects += 1
+        try:
+            video = container.add_stream("libx264", rate=self.fps)
+            video.width, video.height, video.pix_fmt = self.width, self.height, "yuv420p"
+            video.bit_rate = VIDEO_BITRATE
+            gop = str(GOP_S * self.fps)
+            video.options = {"preset": "veryfast", "tune": "zerolatency", "g": gop, "keyint_min": gop,
+                             "sc_threshold": "0", "bf": "0"}
+            audio = container.add_stream("aac", rate=48_000, layout="mono")
+            audio.bit_rate = AUDIO_BITRATE
+            self.state, self.error = ("recording" if self.kind == "record" else "live"), None
+            self._pump(container, video, audio)
+            for packet in video.encode(None):
+                container.mux(packet)
+            for packet in audio.encode(None):
+                container.mux(packet)
+        finally:
+            container.close()
+        if self.kind == "record":
+            os.replace(destination, self.target)
+
+    def _pump(self, container: Any, video: Any, audio: Any) -> None:
+        origin_s: float | None = None  # one origin for both streams keeps them in sync in the file
+        while not self._stop.is_set():
+            try:
+                kind, frame = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            time_s = float(frame.pts * frame.time_base)
+            origin_s = time_s if origin_s is None else origin_s
+            if time_s < origin_s:
+                continue
+            if kind == "video":
+                picture = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+                picture.pts = round((time_s - origin_s) / frame.time_base)
+                picture.time_base = frame.time_base
+                for packet in video.encode(picture):
+                    container.mux(packet)
+                self.video_frames += 1
+            else:
+                sound = av.AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name,
+                                                   layout=frame.layout.name)
+                sound.sample_rate = frame.sample_rate
+                sound.pts = round((time_s - origin_s) * frame.sample_rate)
+                sound.time_base = Fraction(1, frame.sample_rate)
+                for packet in audio.encode(sound):
+                    container.mux(packet)
+                self.audio_frames += 1

@@ -1,0 +1,355 @@
+"""Every input, driver and output of the live core, against real servers and real peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from avatar.landmarks import FaceLandmarker
+from avatar.pack import AvatarPack
+from avatar.pose import head_pose
+from avatar.speech import synthesize
+from avatar.synth import DEFAULT_PORTRAIT, load_portrait
+from avatar.video_io import VideoWriter
+from stream.whep_client import ReceivedMedia, pull
+from tests.helpers import ServerProcess, http, mouth_and_upper_change, run_cli
+from tests.stream.rtmp_ingest import RtmpIngest, ffprobe
+
+PUSH_TEXT = "An agent pushes this speech as raw samples over a web socket."
+
+
+def speech_pcm(text: str) -> tuple[bytes, int]:
+    speech = synthesize(text)
+    return (np.clip(speech.samples, -1, 1) * 32767).astype("<i2").tobytes(), speech.sample_rate_hz
+
+
+def wav_bytes(text: str) -> bytes:
+    pcm, rate = speech_pcm(text)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def assert_mouth_moved(media: ReceivedMedia, started_at: float, speech_s: float, pack: Path) -> None:
+    arrival = np.array(media.video_arrival_s) - started_at
+    frames = np.stack(media.video).astype(np.float32)
+    speaking = frames[(arrival > 0.5) & (arrival < speech_s)]
+    idle_after = frames[arrival > speech_s + 1.0]
+    assert len(speaking) >= 15 and len(idle_after) >= 10, (len(speaking), len(idle_after))
+    mouth, upper = mouth_and_upper_change(speaking, idle_after.mean(axis=0), pack)
+    assert np.percentile(mouth, 90) > 3.0, mouth
+    assert np.percentile(mouth, 90) > 4 * np.percentile(upper, 90), (mouth, upper)
+
+
+def test_websocket_push_moves_the_mouth(server: ServerProcess, pack: Path) -> None:
+    pcm, rate = speech_pcm(PUSH_TEXT)
+    seconds = len(pcm) / 2 / rate
+    marks: dict[str, Any] = {}
+
+    async def push() -> None:
+        await asyncio.sleep(1.0)
+        async with aiohttp.ClientSession() as client, client.ws_connect(server.url + "/api/push") as socket:
+            assert (await socket.receive_json())["type"] == "ready"
+            await socket.send_json({"type": "start", "sample_rate": rate})
+            assert (await socket.receive_json())["type"] == "started"
+            marks["at"] = time.monotonic()
+            packet = 2 * rate // 25  # 40 ms packets, sent faster than real time: they queue
+            for start in range(0, len(pcm), packet):
+                await socket.send_bytes(pcm[start:start + packet])
+            await socket.send_json({"type": "end"})
+            marks["queued"] = await socket.receive_json()
+            await socket.send_bytes(b"\x01\x02\x03")  # a torn packet: named, dropped, the stream goes on
+            marks["odd"] = await socket.receive_json()
+            await socket.send_str('{"type": "sing"}')
+            marks["unknown"] = await socket.receive_json()
+            await socket.send_json({"type": "start", "sample_rate": 3})
+            marks["rate"] = await socket.receive_json()
+
+    media = asyncio.run(pull(server.url, 7.0, during=push))
+    assert marks["queued"] == {"type": "queued", "seconds": pytest.approx(seconds, abs=0.1)}
+    assert marks["odd"]["type"] == "error" and "16-bit" in marks["odd"]["error"]
+    assert marks["unknown"]["type"] == "error" and "unknown message type 'sing'" in marks["unknown"]["error"]
+    assert marks["rate"]["type"] == "error" and "sample_rate 3" in marks["rate"]["error"]
+    assert_mouth_moved(media, marks["at"], seconds, pack)
+
+
+def test_push_interrupt_silences_and_ignores_the_cut_off_tail(server: ServerProcess) -> None:
+    pcm, rate = speech_pcm("This pushed speech is cut off by the agent itself half way through the sentence.")
+
+    async def scenario() -> list[dict[str, Any]]:
+        replies = []
+        async with aiohttp.ClientSession() as client, client.ws_connect(server.url + "/api/push") as socket:
+            await socket.receive_json()
+            await socket.send_json({"type": "start", "sample_rate": rate})
+            await socket.receive_json()
+            await socket.send_bytes(pcm)
+            await asyncio.sleep(0.8)
+            await socket.send_json({"type": "interrupt"})
+            replies.append(await socket.receive_json())
+            await socket.send_bytes(pcm)  # in flight from the old utterance: ignored until the next start
+            await socket.send_json({"type": "end"})
+            replies.append(await socket.receive_json())
+        return replies
+
+    interrupted, ended = asyncio.run(scenario())
+    assert interrupted["type"] == "interrupted" and interrupted["dropped_s"] > 1.0
+    assert ended == {"type": "queued", "seconds": 0.0}
+    time.sleep(0.3)
+    stats = server.get("/api/stats")[1]
+    assert stats["speaking"] is False and stats["queue"]["speech_frames"] == 0
+
+
+def test_audio_file_plays_as_a_queue(server: ServerProcess) -> None:
+    clip = wav_bytes("First file.")
+    status, first = _post_bytes(server.url + "/api/play", clip, "audio/wav")
+    assert status == 202 and first["queued_s"] > 0.5
+    second_status, second = _post_bytes(server.url + "/api/play", clip, "audio/wav")
+    assert second_status == 202 and second["queue_s"] > first["queued_s"]  # appended after the first
+    bad_status, bad = _post_bytes(server.url + "/api/play", b"definitely not audio", "audio/wav")
+    assert bad_status == 422 and "not decodable audio" in bad["error"]
+    server.post("/api/interrupt", {})
+
+
+def _post_bytes(url: str, payload: bytes, content_type: str) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+# --- several twins, webcam and microphone upstreams ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swaying_pack(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second twin: a 192² clip whose head rolls about ±7°, enrolled at the tiny model's crop."""
+    root = tmp_path_factory.mktemp("sway")
+    settings = root / "twincast.toml"
+    settings.write_text("[synth]\nhead_sway_deg = 7.0\nseed = 3\n")
+    clip = root / "sway.mp4"
+    run_cli("synth-footage", "--config-file", str(settings), "--text", "I turn my head while I talk to you. "
+            "Then I turn it the other way.", "--out", str(clip), "--size", "192", "-q")
+    out = root / "pack"
+    run_cli("enroll", str(clip), "--out", str(out), "--crop-px", "64", "-q")
+    return out
+
+
+@pytest.fixture(scope="module")
+def twins(pack: Path, swaying_pack: Path, artifact: Path) -> Iterator[ServerProcess]:
+    with ServerProcess("serve", "--twin", f"astro={pack},{artifact}", "--twin", f"sway={swaying_pack},{artifact}",
+                       "--port", "0") as process:
+        yield process
+
+
+def test_two_twins_stream_at_once_batched_by_one_worker(twins: ServerProcess) -> None:
+    async def both() -> tuple[ReceivedMedia, ReceivedMedia]:
+        first = pull(twins.url, 2.5, session="astro")
+        second = pull(twins.url, 2.5, session="sway")
+        return await asyncio.gather(first, second)  # type: ignore[return-value]
+
+    astro, sway = asyncio.run(both())
+    assert len(astro.video) >= 50 and len(sway.video) >= 50
+    assert astro.video[0].shape == (256, 256, 3) and sway.video[0].shape == (192, 192, 3)
+    stats = twins.get("/api/stats")[1]
+    assert set(stats["sessions"]) == {"astro", "sway"}
+    assert all(row["fps"] > 20 for row in stats["sessions"].values())
+    assert len(stats["engines"]) == 1  # both twins share the artifact, so one engine ...
+    assert stats["render_worker"]["mean_batch"] > 1.3  # ... and their frames share engine calls
+
+
+def test_sessions_api_adds_and_removes_a_session(twins: ServerProcess) -> None:
+    status, created = twins.post("/api/sessions", {"id": "second-astro", "twin": "astro"})
+    assert status == 201 and created == {"id": "second-astro", "twin": "astro"}
+    assert twins.post("/api/sessions", {"id": "second-astro", "twin": "astro"})[0] == 400
+    assert twins.post("/api/sessions", {"id": "x", "twin": "nobody"})[0] == 404
+    media = asyncio.run(pull(twins.url, 1.0, session="second-astro"))
+    assert len(media.video) >= 20
+    assert http("DELETE", twins.url + "/api/sessions/second-astro")[0] == 204
+    assert "second-astro" not in twins.get("/api/sessions")[1]["sessions"]
+
+
+def _rotated_portrait_clip(path: Path, roll_deg: float, seconds: float = 4.0) -> tuple[Path, float]:
+    """A still clip of the portrait rotated by ``roll_deg`` (counter-clockwise), and its measured head roll."""
+    portrait = load_portrait(DEFAULT_PORTRAIT)[0:400, 60:460]
+    centre = (portrait.shape[1] / 2, portrait.shape[0] / 3)
+    matrix = cv2.getRotationMatrix2D(centre, roll_deg, 1.0)
+    frame = cv2.resize(cv2.warpAffine(portrait, matrix, portrait.shape[1::-1], borderMode=cv2.BORDER_REFLECT101),
+                       (256, 256))
+    with VideoWriter(path, width=256, height=256, fps=25, audio_rate_hz=None) as writer:
+        for _ in range(int(seconds * 25)):
+            writer.write(frame)
+    with FaceLandmarker(video=False) as landmarker:
+        points = landmarker.detect(frame)
+    assert points is not None
+    return path, head_pose(points, (256, 256))[2]
+
+
+async def _send_upstream(url: str, kind: str, player: MediaPlayer, seconds: float,
+                         until: Any = None) -> Any:
+    """Send a player's track upstream for ``seconds``, or, given ``until`` (blocking, polled), until it returns
+    something truthy (at most 20 s); returns its last value."""
+    peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    peer.addTrack(player.video if kind == "webcam" else player.audio)
+    await peer.setLocalDescription(await peer.createOffer())
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{url}/api/{kind}?session=sway", data=peer.localDescription.sdp,
+                               headers={"Content-Type": "application/sdp"}) as response:
+            assert response.status == 201, await response.text()
+            answer = await response.text()
+            location = response.headers["Location"]
+        await peer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await asyncio.sleep(seconds)
+        seen = None
+        deadline = time.monotonic() + 20
+        while until is not None and time.monotonic() < deadline:
+            seen = await asyncio.get_running_loop().run_in_executor(None, until)
+            if seen:
+                break
+            await asyncio.sleep(0.2)
+        async with client.delete(url + location) as response:
+            assert response.status == 204
+    await peer.close()
+    return seen
+
+
+def _base_rolls(pack: Path) -> np.ndarray:
+    loaded = AvatarPack.load(pack)
+    start, end = loaded.meta.base_range
+    size = (loaded.meta.frame_width, loaded.meta.frame_height)
+    return np.array([head_pose(points, size)[2] for points in np.asarray(loaded.array("landmarks")[start:end])])
+
+
+def test_webcam_upstream_turns_the_twins_head(twins: ServerProcess, swaying_pack: Path, tmp_path: Path) -> None:
+    rolls = _base_rolls(swaying_pack)
+    assert np.ptp(rolls) > 8  # the twin's loop covers both directions
+    chosen, measured = {}, {}
+    for sign in (-1, 1):
+        clip, measured[sign] = _rotated_portrait_clip(tmp_path / f"roll{sign}.mp4", roll_deg=7.0 * sign)
+        with_clip = MediaPlayer(str(clip), loop=True)
+
+        def measured_enough() -> dict[str, Any] | None:
+            session = twins.get("/api/stats")[1]["sessions"]["sway"]
+            upstreams = session["upstreams"]
+            return session if upstreams and upstreams[0]["measured"] >= 10 else None
+
+        session = asyncio.run(_send_upstream(twins.url, "webcam", with_clip, 1.0, until=measured_enough))
+        assert session, "the webcam's head pose was never measured"
+        pose = session["pose"]
+        chosen[sign] = (pose["mode"], rolls[pose["base_index"]])
+    assert chosen[-1][0] == chosen[1][0] == "webcam"
+    assert abs(measured[1] - measured[-1]) > 10  # the operator tilts their head one way, then the other ...
+    for sign in (-1, 1):  # ... and each time the twin shows the base frame nearest that tilt
+        nearest = rolls[np.argmin(np.abs(rolls - measured[sign]))]
+        assert abs(chosen[sign][1] - nearest) < 2.0, (chosen, measured)
+    assert abs(chosen[1][1] - chosen[-1][1]) > 5, chosen
+    time.sleep(1.5)  # the webcam is gone: back to the footage loop by itself
+    pose = twins.get("/api/stats")[1]["sessions"]["sway"]["pose"]
+    assert pose["mode"] == "loop" and pose["webcam_fallbacks"] >= 1
+
+
+def test_scripted_pose_over_the_api(twins: ServerProcess, swaying_pack: Path) -> None:
+    rolls = _base_rolls(swaying_pack)
+    status, left = twins.post("/api/pose", {"session": "sway", "roll": float(rolls.min())})
+    assert status == 200 and left["mode"] == "script"
+    time.sleep(0.2)
+    left_index = twins.get("/api/stats")[1]["sessions"]["sway"]["pose"]["base_index"]
+    twins.post("/api/pose", {"session": "sway", "roll": float(rolls.max())})
+    time.sleep(0.2)
+    right_index = twins.get("/api/stats")[1]["sessions"]["sway"]["pose"]["base_index"]
+    assert rolls[right_index] - rolls[left_index] > 5
+    assert twins.post("/api/pose", {"session": "sway", "mode": "loop"})[1]["mode"] == "loop"
+    assert twins.post("/api/pose", {"session": "sway", "roll": "left"})[0] == 400
+
+
+def test_microphone_upstream_speaks_through_the_twin(twins: ServerProcess, tmp_path: Path) -> None:
+    recording = tmp_path / "voice.wav"
+    recording.write_bytes(wav_bytes("This is my own voice, coming in from the microphone, live."))
+    samples: list[bool] = []
+
+    async def talk_and_watch() -> None:
+        async def watch() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.15)
+                stats = await asyncio.get_running_loop().run_in_executor(None, lambda: twins.get("/api/stats")[1])
+                samples.append(stats["sessions"]["sway"]["speaking"])
+
+        await asyncio.gather(_send_upstream(twins.url, "mic", MediaPlayer(str(recording)), 3.0), watch())
+
+    asyncio.run(talk_and_watch())
+    assert any(samples)  # the operator's voice became the twin's speech
+    assert twins.get("/api/stats")[1]["sessions"]["sway"]["upstreams"] == []  # hung up cleanly
+
+
+# --- outputs ----------------------------------------------------------------------------------------------------
+
+def test_rtmp_push_reaches_nginx_as_h264_aac_25fps_and_reconnects(server: ServerProcess, tmp_path: Path) -> None:
+    ingest = RtmpIngest(tmp_path / "nginx").start()
+    try:
+        url = ingest.url("live-secret-key-1234")
+        status, output = server.post("/api/outputs", {"kind": "rtmp", "url": url})
+        assert status == 201
+        assert "live-secret-key" not in output["target"] and output["target"].endswith("1234")
+        _wait_for(lambda: _output(server, output["id"])["state"] == "live", 15)
+        probe = ffprobe(url)
+        assert probe["video"]["codec_name"] == "h264" and probe["video"]["r_frame_rate"] == "25/1"
+        assert probe["audio"]["codec_name"] == "aac" and probe["audio"]["sample_rate"] == "48000"
+        ingest.stop()  # the ingest goes away ...
+        _wait_for(lambda: _output(server, output["id"])["state"] == "reconnecting", 20)
+        ingest.start()  # ... and comes back: the output reconnects by itself
+        _wait_for(lambda: _output(server, output["id"])["state"] == "live", 30)
+        assert _output(server, output["id"])["reconnects"] >= 1
+        status, final = http("DELETE", f"{server.url}/api/outputs/{output['id']}")
+        assert status == 200 and final["state"] == "stopped" and final["video_frames"] > 25
+        leaked = [line for line in server.lines if "live-secret-key" in line]
+        assert not leaked, leaked  # never logged in full
+    finally:
+        ingest.stop()
+
+
+def test_recording_to_mp4(server: ServerProcess, tmp_path: Path) -> None:
+    target = tmp_path / "show.mp4"
+    status, output = server.post("/api/outputs", {"kind": "record", "path": str(target)})
+    assert status == 201 and output["state"] in ("starting", "recording")
+    time.sleep(3.0)
+    assert not target.exists()  # written to a temporary file until stopped
+    status, final = http("DELETE", f"{server.url}/api/outputs/{output['id']}")
+    assert status == 200 and final["state"] == "stopped"
+    probe = ffprobe(str(target))
+    assert probe["video"]["codec_name"] == "h264" and probe["video"]["avg_frame_rate"] == "25/1"
+    assert probe["audio"]["codec_name"] == "aac"
+    assert 2.0 < float(probe["format"]["duration"]) < 4.5
+    assert server.post("/api/outputs", {"kind": "record", "path": str(target)})[0] == 400  # exists: not overwritten
+
+
+def _output(server: ServerProcess, output_id: str) -> dict[str, Any]:
+    return next(o for o in server.get("/api/outputs")[1]["outputs"] if o["id"] == output_id)
+
+
+def _wait_for(condition: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout_s} s")
