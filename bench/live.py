@@ -30,7 +30,7 @@ import numpy as np
 
 from avatar.speech import synthesize
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import ServerProcess, crop_box
+from tests.helpers import AUTH, ServerProcess, crop_box
 
 ONSET_DBFS = -35.0
 
@@ -71,7 +71,7 @@ def first_crossing(times: np.ndarray, values: np.ndarray, threshold: float, afte
 
 async def push_speech(url: str, pcm: bytes, rate: int) -> float:
     """Push one utterance over the WebSocket; returns when its first packet was sent."""
-    async with aiohttp.ClientSession() as client, client.ws_connect(url + "/api/push") as socket:
+    async with aiohttp.ClientSession() as client, client.ws_connect(url + "/api/push", headers=AUTH) as socket:
         await socket.receive_json()
         await socket.send_json({"type": "start", "sample_rate": rate})
         await socket.receive_json()

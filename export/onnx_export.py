@@ -17,7 +17,7 @@ from export.spec import INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, TensorSpec, Twi
 from model.checkpoint import ROLE_FILES, available_roles, load_checkpoint, resolve_checkpoint
 from model.flow import sample
 from model.networks import TwinDenoiser
-from twincast.errors import ArtifactMismatchError, InputError
+from twincast.errors import ArtifactMismatchError, InputError, NotFoundError
 from twincast.files import atomic_path, sha256_file
 
 FP32_TOLERANCE = 2e-3
@@ -158,6 +158,9 @@ def artifact_for(model: Path, cache: Path) -> Path:
     """
     if model.is_file() or (model / "twin.onnx").is_file():
         return model / "twin.onnx" if model.is_dir() else model
+    if not model.is_dir():
+        raise NotFoundError(f"no model artifact at {model}; expected twin.onnx from `twincast export`, or a run "
+                            "directory from `twincast train`")
     checkpoint = resolve_checkpoint(model, choose_variant(model))
     onnx_path = cache / f"model-{sha256_file(checkpoint)[:12]}" / "twin.onnx"
     if not (onnx_path.is_file() and sidecar_path(onnx_path).is_file()):

@@ -29,6 +29,7 @@ class ServeConfig:
     tts: str = "espeak-ng"
     noise_seed: int = 0
     operator_token: str | None = field(default=None, repr=False)  # from TWINCAST_OPERATOR_TOKEN only
+    viewer_token: str | None = field(default=None, repr=False)  # from TWINCAST_VIEWER_TOKEN only
 
     def __post_init__(self) -> None:
         try:
@@ -48,6 +49,9 @@ class ServeConfig:
             raise InputError(f"serve video_codec {self.video_codec!r} must be one of {VIDEO_CODECS}")
         if not 1 <= self.max_viewers <= 1000:
             raise InputError(f"serve max_viewers {self.max_viewers} must be in 1..1000")
+        for name, token in (("operator", self.operator_token), ("viewer", self.viewer_token)):
+            if token is not None and len(token) < 8:
+                raise InputError(f"the {name} token must be at least 8 characters")
         if self.max_queued_speech_s <= 0:
             raise InputError(f"serve max_queued_speech_s {self.max_queued_speech_s} must be positive")
 

@@ -24,8 +24,10 @@ from avatar.speech import Voice
 from engines.base import Engine
 from stream.clock import MediaClock
 from stream.config import ServeConfig
+from stream.events import EventLog
 from stream.outputs import StreamOutput
 from stream.render_worker import RenderWorker
+from stream.script import Script
 from stream.session import Twin, TwinSession
 from stream.tracks import TwinAudioTrack, TwinVideoTrack
 from stream.tts import make_tts
@@ -61,8 +63,11 @@ class TwinRuntime:
         self.upstreams: dict[str, Upstream] = {}
         self.outputs: dict[str, StreamOutput] = {}
         self.relay = MediaRelay()
+        self.events = EventLog()
+        self.scripts: dict[str, Script] = {}
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._seen: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Start the render worker and one session per twin (named after it)."""
@@ -70,6 +75,8 @@ class TwinRuntime:
         self.worker.start()
         for name in self.twins:
             self.add_session(name, name)
+        self.spawn(self._watch(), "watch")
+        self.events.emit("server", f"serving {len(self.twins)} twin(s) with {len(self.engines)} engine(s)")
 
     @property
     def default_session_id(self) -> str:
@@ -101,6 +108,7 @@ class TwinRuntime:
             max_queued_frames=int(self.config.max_queued_speech_s * twin.mel_spec.fps), spawn=self.spawn,
         )
         self.sessions[session_id] = session
+        self.scripts[session_id] = Script()
         self.video_sources[session_id] = TwinVideoTrack(session)
         self.spawn(session.run(), f"session-{session_id}")
         return session
@@ -118,6 +126,7 @@ class TwinRuntime:
             task.cancel()
         self.video_sources.pop(session_id).stop()
         del self.sessions[session_id]
+        del self.scripts[session_id]
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Create a named task that is kept referenced and whose failure is logged, not lost."""
@@ -130,6 +139,43 @@ class TwinRuntime:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    def script(self, session_id: str | None = None) -> Script:
+        """A session's script."""
+        return self.scripts[self.session(session_id).session_id]
+
+    async def _watch(self, every_s: float = 0.5) -> None:
+        """Turn state changes into events: speech starting and ending, viewers, outputs, late frames, webcam loss."""
+        while True:
+            await asyncio.sleep(every_s)
+            for key, session in self.sessions.items():
+                self._changed(f"{key}.speaking", session.speaking, key,
+                              lambda on: ("speech", "speaking" if on else "silent", "info"))
+                self._changed(f"{key}.viewers", session.viewers, key,
+                              lambda count: ("viewer", f"{count} viewer(s)", "info"))
+                self._grew(f"{key}.late", session.late_frames, key, "frames rendered late")
+                self._grew(f"{key}.fallbacks", session.pose.fallbacks, key, "webcam lost: back to the footage loop")
+                self._grew(f"{key}.live_dropped", session.audio_queue.dropped_live, key,
+                           "live audio dropped to keep latency bounded")
+            for output in self.outputs.values():
+                self._changed(f"output.{output.output_id}", output.state, output.session_id,
+                              lambda state, o=output: ("output", f"{o.kind} {o.describe()['target']}: {state}"
+                                                       + (f" ({o.error})" if o.error else ""),
+                                                       "warning" if state in ("reconnecting", "failed") else "info"))
+            if self.worker is not None:
+                self._grew("worker.failures", self.worker.failures, None, "render batches failed")
+
+    def _changed(self, key: str, value: Any, session: str | None, describe: Any) -> None:
+        if key in self._seen and self._seen[key] != value:
+            kind, message, level = describe(value)
+            self.events.emit(kind, message, session=session, level=level)
+        self._seen[key] = value
+
+    def _grew(self, key: str, value: int, session: str | None, message: str) -> None:
+        before = self._seen.get(key, value)
+        if value > before:
+            self.events.emit("warning", f"{value - before} {message}", session=session, level="warning")
+        self._seen[key] = value
 
     def session(self, session_id: str | None = None) -> TwinSession:
         """A session by id (the default one when ``None``)."""

@@ -80,17 +80,17 @@ async def serve(config: ServeConfig, sources: list[TwinSource], *,
     """
     runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, sources)
     token = config.operator_token
-    if token is None and not config.is_loopback:
-        token = secrets.token_urlsafe(24)
-        announce(f"operator token (shown once; set TWINCAST_OPERATOR_TOKEN to choose it): {token}")
-    elif token is None:
-        log.warning("no operator token set: operator endpoints are open to anyone on this machine (loopback only)")
-    app = create_app(runtime, token)
+    generated = token is None
+    if token is None:
+        token = secrets.token_urlsafe(18)
+    app = create_app(runtime, token, config.viewer_token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     host, port = runner.addresses[0][:2]
+    if generated:  # shown once, never logged; set TWINCAST_OPERATOR_TOKEN to choose it instead
+        announce(f"operator dashboard: http://{host}:{port}/dashboard#token={token}")
     announce(f"twincast serving http://{host}:{port}/")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -35,12 +35,14 @@ class Upstream:
     peer: RTCPeerConnection
     frames: int = 0
     measured: int = 0
+    errors: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     def describe(self) -> dict[str, Any]:
         """For stats and the API."""
         return {"id": self.upstream_id, "kind": self.kind, "session": self.session.session_id,
-                "state": self.peer.connectionState, "frames": self.frames, "measured": self.measured}
+                "state": self.peer.connectionState, "frames": self.frames, "measured": self.measured,
+                "errors": self.errors}
 
 
 async def consume_microphone(track: MediaStreamTrack, upstream: Upstream) -> None:
@@ -94,6 +96,19 @@ class PoseMeter:
         self._executor.shutdown(wait=False)
 
 
+def _result_or_none(done: asyncio.Task[tuple[float, float, float] | None],
+                    upstream: Upstream) -> tuple[float, float, float] | None:
+    """A finished measurement, or None when it failed (logged; one bad frame never ends the stream)."""
+    error = done.exception()
+    if error is None:
+        return done.result()
+    upstream.errors += 1
+    if upstream.errors in (1, 10, 100):  # rate-limited
+        log.warning("webcam %s: head pose failed on a frame (%d so far): %s", upstream.upstream_id,
+                    upstream.errors, error)
+    return None
+
+
 async def consume_webcam(track: MediaStreamTrack, upstream: Upstream) -> None:
     """Drive the session's head from the operator's webcam until the track ends.
 
@@ -111,9 +126,11 @@ async def consume_webcam(track: MediaStreamTrack, upstream: Upstream) -> None:
             upstream.frames += 1
             if pending is not None and not pending.done():
                 continue
-            if pending is not None and (pose := pending.result()) is not None:
-                upstream.session.pose.webcam(pose)
-                upstream.measured += 1
+            if pending is not None:
+                pose = _result_or_none(pending, upstream)
+                if pose is not None:
+                    upstream.session.pose.webcam(pose)
+                    upstream.measured += 1
             pending = asyncio.ensure_future(meter.measure(frame))
     finally:
         if pending is not None:

@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any
 
 TWINCAST = str(Path(sys.executable).with_name("twincast"))
+OPERATOR_TOKEN = "test-operator-token"
+AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -48,7 +50,8 @@ class ServerProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, startup_s: float = 240) -> None:
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "TWINCAST_OPERATOR_TOKEN": OPERATOR_TOKEN, **(env or {})}
+        self.token = self.env["TWINCAST_OPERATOR_TOKEN"]
         self.startup_s = startup_s
         self.url = ""
         self.lines: list[str] = []
@@ -88,13 +91,25 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The operator's Authorization header."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """GET a path on the server."""
+        """GET a path on the server (as the operator unless ``headers`` say otherwise)."""
+        kwargs.setdefault("headers", self.auth)
         return http("GET", self.url + path, **kwargs)
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
-        """POST a JSON (or given content type) body to a path on the server."""
+        """POST a JSON (or given content type) body to a path on the server, as the operator by default."""
+        kwargs.setdefault("headers", self.auth)
         return http("POST", self.url + path, body, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """DELETE a path on the server, as the operator by default."""
+        kwargs.setdefault("headers", self.auth)
+        return http("DELETE", self.url + path, **kwargs)
 
 
 def crop_box(pack: Path, rows: tuple[float, float], cols: tuple[float, float], base_index: int = 0

@@ -257,6 +257,7 @@ def _serve_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
         "host": args.host, "port": args.port, "engine": args.engine, "threads": args.threads, "pose": args.pose,
         "video_codec": args.video_codec, "lead_frames": args.lead_frames,
         "operator_token": os.environ.get("TWINCAST_OPERATOR_TOKEN") or None,
+        "viewer_token": os.environ.get("TWINCAST_VIEWER_TOKEN") or None,
     })
 
 

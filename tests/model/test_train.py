@@ -25,7 +25,7 @@ def test_tiny_training_learns_and_checkpoint_carries_config(run_dir: Path, pack:
 def test_existing_run_is_not_overwritten(run_dir: Path, pack: Path) -> None:
     result = run_cli("train", str(pack), "--config", "tiny", "--out", str(run_dir), "--steps", "1", check=False)
     assert result.returncode == 2
-    assert "already holds a run" in result.stderr
+    assert "already holds a teacher (checkpoint.pt)" in result.stderr
 
 
 def test_unknown_preset_and_bad_shapes_are_named() -> None:

@@ -24,7 +24,7 @@ from avatar.speech import synthesize
 from avatar.synth import DEFAULT_PORTRAIT, load_portrait
 from avatar.video_io import VideoWriter
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import ServerProcess, http, mouth_and_upper_change, run_cli
+from tests.helpers import AUTH, ServerProcess, mouth_and_upper_change, run_cli
 from tests.stream.rtmp_ingest import RtmpIngest, ffprobe
 
 PUSH_TEXT = "An agent pushes this speech as raw samples over a web socket."
@@ -64,7 +64,8 @@ def test_websocket_push_moves_the_mouth(server: ServerProcess, pack: Path) -> No
 
     async def push() -> None:
         await asyncio.sleep(1.0)
-        async with aiohttp.ClientSession() as client, client.ws_connect(server.url + "/api/push") as socket:
+        async with aiohttp.ClientSession() as client, \
+                client.ws_connect(server.url + "/api/push", headers=AUTH) as socket:
             assert (await socket.receive_json())["type"] == "ready"
             await socket.send_json({"type": "start", "sample_rate": rate})
             assert (await socket.receive_json())["type"] == "started"
@@ -94,7 +95,8 @@ def test_push_interrupt_silences_and_ignores_the_cut_off_tail(server: ServerProc
 
     async def scenario() -> list[dict[str, Any]]:
         replies = []
-        async with aiohttp.ClientSession() as client, client.ws_connect(server.url + "/api/push") as socket:
+        async with aiohttp.ClientSession() as client, \
+                client.ws_connect(server.url + "/api/push", headers=AUTH) as socket:
             await socket.receive_json()
             await socket.send_json({"type": "start", "sample_rate": rate})
             await socket.receive_json()
@@ -131,7 +133,7 @@ def _post_bytes(url: str, payload: bytes, content_type: str) -> tuple[int, Any]:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": content_type})
+    request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": content_type, **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -185,7 +187,7 @@ def test_sessions_api_adds_and_removes_a_session(twins: ServerProcess) -> None:
     assert twins.post("/api/sessions", {"id": "x", "twin": "nobody"})[0] == 404
     media = asyncio.run(pull(twins.url, 1.0, session="second-astro"))
     assert len(media.video) >= 20
-    assert http("DELETE", twins.url + "/api/sessions/second-astro")[0] == 204
+    assert twins.delete("/api/sessions/second-astro")[0] == 204
     assert "second-astro" not in twins.get("/api/sessions")[1]["sessions"]
 
 
@@ -214,7 +216,7 @@ async def _send_upstream(url: str, kind: str, player: MediaPlayer, seconds: floa
     await peer.setLocalDescription(await peer.createOffer())
     async with aiohttp.ClientSession() as client:
         async with client.post(f"{url}/api/{kind}?session=sway", data=peer.localDescription.sdp,
-                               headers={"Content-Type": "application/sdp"}) as response:
+                               headers={"Content-Type": "application/sdp", **AUTH}) as response:
             assert response.status == 201, await response.text()
             answer = await response.text()
             location = response.headers["Location"]
@@ -227,7 +229,7 @@ async def _send_upstream(url: str, kind: str, player: MediaPlayer, seconds: floa
             if seen:
                 break
             await asyncio.sleep(0.2)
-        async with client.delete(url + location) as response:
+        async with client.delete(url + location, headers=AUTH) as response:
             assert response.status == 204
     await peer.close()
     return seen
@@ -254,7 +256,7 @@ def test_webcam_upstream_turns_the_twins_head(twins: ServerProcess, swaying_pack
             return session if upstreams and upstreams[0]["measured"] >= 10 else None
 
         session = asyncio.run(_send_upstream(twins.url, "webcam", with_clip, 1.0, until=measured_enough))
-        assert session, "the webcam's head pose was never measured"
+        assert session, (twins.get("/api/stats")[1]["sessions"]["sway"]["upstreams"], twins.lines[-30:])
         pose = session["pose"]
         chosen[sign] = (pose["mode"], rolls[pose["base_index"]])
     assert chosen[-1][0] == chosen[1][0] == "webcam"
@@ -319,7 +321,7 @@ def test_rtmp_push_reaches_nginx_as_h264_aac_25fps_and_reconnects(server: Server
         ingest.start()  # ... and comes back: the output reconnects by itself
         _wait_for(lambda: _output(server, output["id"])["state"] == "live", 30)
         assert _output(server, output["id"])["reconnects"] >= 1
-        status, final = http("DELETE", f"{server.url}/api/outputs/{output['id']}")
+        status, final = server.delete(f"/api/outputs/{output['id']}")
         assert status == 200 and final["state"] == "stopped" and final["video_frames"] > 25
         leaked = [line for line in server.lines if "live-secret-key" in line]
         assert not leaked, leaked  # never logged in full
@@ -333,7 +335,7 @@ def test_recording_to_mp4(server: ServerProcess, tmp_path: Path) -> None:
     assert status == 201 and output["state"] in ("starting", "recording")
     time.sleep(3.0)
     assert not target.exists()  # written to a temporary file until stopped
-    status, final = http("DELETE", f"{server.url}/api/outputs/{output['id']}")
+    status, final = server.delete(f"/api/outputs/{output['id']}")
     assert status == 200 and final["state"] == "stopped"
     probe = ffprobe(str(target))
     assert probe["video"]["codec_name"] == "h264" and probe["video"]["avg_frame_rate"] == "25/1"

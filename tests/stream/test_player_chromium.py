@@ -55,9 +55,10 @@ def browser_page():  # type: ignore[no-untyped-def]
 
 def test_player_page_plays_and_speaks(server: ServerProcess, browser_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page = browser_page
-    page.goto(server.url + "/")
+    page.goto(f"{server.url}/#token={server.token}")  # the operator link: the page may speak and show stats
     page.wait_for_function(
         "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames > 50", timeout=30_000)
+    assert "token" not in page.url  # taken out of the address bar
     assert page.evaluate("document.getElementById('video').videoWidth") == 256
     assert page.text_content("#state") == "live"
     assert page.evaluate(INBOUND_AUDIO) > 48_000  # more than a second of decoded audio

@@ -92,7 +92,7 @@ def test_interrupt_silences_and_bumps_generation(server: ServerProcess) -> None:
 ])
 def test_bad_requests_get_json_errors(server: ServerProcess, method: str, path: str, body: object,
                                       content_type: str, status: int, message: str) -> None:
-    code, payload = http(method, server.url + path, body, content_type=content_type)
+    code, payload = http(method, server.url + path, body, content_type=content_type, headers=server.auth)
     assert code == status
     assert isinstance(payload, dict) and message in payload["error"]
 
@@ -105,10 +105,25 @@ def test_oversized_body_is_refused(server: ServerProcess) -> None:
 def test_operator_token_guards_speech(pack: Path, artifact: Path) -> None:
     with ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0",
                        env={"TWINCAST_OPERATOR_TOKEN": "s3cret-token"}) as guarded:
-        assert guarded.post("/api/say", {"text": "hello"})[0] == 401
+        assert guarded.post("/api/say", {"text": "hello"}, headers={})[0] == 401
         wrong = guarded.post("/api/say", {"text": "hello"}, headers={"Authorization": "Bearer nope"})
         assert wrong[0] == 401 and "bearer token" in wrong[1]["error"]
         ok = guarded.post("/api/say", {"text": "hello"}, headers={"Authorization": "Bearer s3cret-token"})
         assert ok[0] == 202
         assert guarded.get("/healthz")[0] == 200  # viewer endpoints stay public
         assert not any("s3cret-token" in line for line in guarded.lines)  # the secret is never logged
+
+
+def test_a_token_is_generated_and_shown_once_when_none_is_set(pack: Path, artifact: Path) -> None:
+    import os
+    import re
+
+    env = {key: value for key, value in os.environ.items() if key != "TWINCAST_OPERATOR_TOKEN"}
+    process = ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0")
+    process.env = env
+    with process as served:
+        shown = [line for line in served.lines if "#token=" in line]
+        assert len(shown) == 1
+        token = re.search(r"#token=(\S+)", shown[0]).group(1)  # type: ignore[union-attr]
+        assert served.get("/api/stats", headers={})[0] == 401
+        assert served.get("/api/stats", headers={"Authorization": f"Bearer {token}"})[0] == 200

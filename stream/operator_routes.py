@@ -1,0 +1,297 @@
+"""Operator endpoints (all under ``/api/``, behind the operator token): speech, barge-in, inputs, pose,
+sessions, outputs, the script, stats and the live event feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+
+import av
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from avatar.speech import Speech
+from stream.http_common import (
+    EVENTS,
+    MAX_AUDIO_FILE_BYTES,
+    RUNTIME,
+    int_param,
+    optional_str,
+    read_json,
+    read_optional_json,
+    read_sdp,
+)
+from stream.push import PushProtocol
+from twincast.errors import InputError, PayloadTooLargeError, UnprocessableError
+
+STATS_EVERY_S = 0.5
+
+
+def decode_audio_file(payload: bytes) -> Speech:
+    """Decode any audio file PyAV reads (wav, mp3, ogg, m4a, …) to mono float.
+
+    Raises:
+        UnprocessableError: not decodable audio, or no samples.
+    """
+    try:
+        with av.open(io.BytesIO(payload), mode="r") as container:
+            if not container.streams.audio:
+                raise UnprocessableError("the uploaded file has no audio stream; expected wav, mp3, ogg or m4a")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate or 48_000
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            parts = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                     for out in resampler.resample(frame)]
+            parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    except av.error.FFmpegError as exc:
+        raise UnprocessableError(f"the uploaded file is not decodable audio: {exc}") from exc
+    if not parts:
+        raise UnprocessableError("the uploaded audio holds no samples")
+    return Speech(np.concatenate(parts).astype(np.float32), rate)
+
+
+async def auth_check(request: web.Request) -> web.Response:
+    """200 when the bearer token is right (the middleware answers 401 otherwise)."""
+    return web.json_response({"ok": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Everything the health panel shows, as JSON."""
+    return web.json_response(request.app[RUNTIME].stats())
+
+
+async def event_log(request: web.Request) -> web.Response:
+    """The most recent events, oldest first."""
+    return web.json_response({"events": [e.to_dict() for e in request.app[EVENTS].recent(200)]})
+
+
+async def events_socket(request: web.Request) -> web.WebSocketResponse:
+    """Live feed for the dashboard: recent events first, then stats every 0.5 s and each new event."""
+    runtime, log = request.app[RUNTIME], request.app[EVENTS]
+    socket = web.WebSocketResponse(heartbeat=20)
+    await socket.prepare(request)
+    queue = log.subscribe()
+    try:
+        await socket.send_json({"type": "hello", "events": [e.to_dict() for e in log.recent(100)],
+                                "stats": runtime.stats()})
+        while not socket.closed:
+            with contextlib.suppress(TimeoutError):
+                event = await asyncio.wait_for(queue.get(), timeout=STATS_EVERY_S)
+                await socket.send_json({"type": "event", **event.to_dict()})
+                continue
+            await socket.send_json({"type": "stats", "stats": runtime.stats()})
+    except ConnectionResetError:
+        pass
+    finally:
+        log.unsubscribe(queue)
+    return socket
+
+
+async def say(request: web.Request) -> web.Response:
+    """Speak text after whatever is queued."""
+    body = await read_json(request)
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise InputError('body must be {"text": "…"} with a string text')
+    session = request.app[RUNTIME].session(optional_str(body, "session"))
+    result = await session.say(text)
+    request.app[EVENTS].emit("speech", f"queued {result['queued_s']:.1f} s: {text[:60]}", session=session.session_id)
+    return web.json_response(result, status=202)
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """Barge-in: stop speech now."""
+    body = await read_optional_json(request)
+    session = request.app[RUNTIME].session(optional_str(body, "session"))
+    result = session.interrupt()
+    request.app[EVENTS].emit("interrupt", f"interrupted; dropped {result['dropped_s']:.1f} s of speech",
+                             session=session.session_id)
+    return web.json_response(result)
+
+
+async def play(request: web.Request) -> web.Response:
+    """Play an uploaded audio file after whatever is queued."""
+    if request.content_length is not None and request.content_length > MAX_AUDIO_FILE_BYTES:
+        raise PayloadTooLargeError(
+            f"audio file of {request.content_length} bytes is over the {MAX_AUDIO_FILE_BYTES}-byte limit")
+    payload = await request.read()
+    if not payload:
+        raise InputError("the request body is empty; expected the bytes of an audio file")
+    session = request.app[RUNTIME].session(request.query.get("session"))
+    speech = await asyncio.get_running_loop().run_in_executor(None, decode_audio_file, payload)
+    frames = await session.queue_speech(speech)
+    request.app[EVENTS].emit("speech", f"queued a {frames / session.clock.fps:.1f} s audio file",
+                             session=session.session_id)
+    return web.json_response({"queued_s": round(frames / session.clock.fps, 3),
+                              "queue_s": round(len(session.audio_queue) / session.clock.fps, 3)}, status=202)
+
+
+async def push(request: web.Request) -> web.WebSocketResponse:
+    """An agent's PCM push (see ``stream.push`` for the protocol)."""
+    session = request.app[RUNTIME].session(request.query.get("session"))
+    socket = web.WebSocketResponse(max_msg_size=1 << 20, heartbeat=20)
+    await socket.prepare(request)
+    protocol = PushProtocol(session)
+    request.app[EVENTS].emit("input", "agent push connected", session=session.session_id)
+    await socket.send_json(protocol.hello())
+    async for message in socket:
+        if message.type == WSMsgType.TEXT:
+            replies = protocol.on_text(message.data)
+        elif message.type == WSMsgType.BINARY:
+            replies = protocol.on_binary(message.data)
+        else:
+            break
+        for reply in replies:
+            await socket.send_json(reply)
+    request.app[EVENTS].emit("input", "agent push disconnected", session=session.session_id)
+    return socket
+
+
+async def upstream_offer(request: web.Request) -> web.Response:
+    """The operator's microphone or webcam as a WebRTC upstream (an SDP offer with a sendonly track)."""
+    kind = request.match_info["kind"]
+    offer = await read_sdp(request)
+    runtime = request.app[RUNTIME]
+    upstream_id, answer = await runtime.add_upstream(kind, offer, request.query.get("session"))
+    request.app[EVENTS].emit("input", f"{kind} connected", session=runtime.upstreams[upstream_id].session.session_id)
+    return web.Response(status=201, text=answer, content_type="application/sdp",
+                        headers={"Location": f"/api/{kind}/{upstream_id}"})
+
+
+async def upstream_delete(request: web.Request) -> web.Response:
+    """Disconnect a microphone or webcam."""
+    await request.app[RUNTIME].remove_upstream(request.match_info["upstream_id"])
+    request.app[EVENTS].emit("input", f"{request.match_info['kind']} disconnected")
+    return web.Response(status=204)
+
+
+async def pose(request: web.Request) -> web.Response:
+    """Choose the pose driver: the footage loop, a still frame, or a scripted pose."""
+    body = await read_json(request)
+    session = request.app[RUNTIME].session(optional_str(body, "session"))
+    mode = body.get("mode", "script")
+    if mode == "script":
+        try:
+            angles = [float(body.get(axis, 0.0)) for axis in ("yaw", "pitch", "roll")]
+        except (TypeError, ValueError) as exc:
+            raise InputError("yaw, pitch and roll must be numbers (degrees)") from exc
+        session.pose.script(*angles)
+    elif mode == "still":
+        index = body.get("base_index")
+        if index is not None and not isinstance(index, int):
+            raise InputError('"base_index" must be an integer')
+        session.pose.set_mode("still", still_index=index)
+    else:
+        session.pose.set_mode(str(mode))
+    return web.json_response(session.pose.describe())
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Sessions and the twins they show."""
+    runtime = request.app[RUNTIME]
+    return web.json_response({"sessions": [{"id": key, "twin": s.twin.name} for key, s in runtime.sessions.items()],
+                              "twins": sorted(runtime.twins)})
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """Start another session of a loaded twin."""
+    body = await read_json(request)
+    runtime = request.app[RUNTIME]
+    session_id, twin = optional_str(body, "id"), optional_str(body, "twin")
+    if not session_id:
+        raise InputError('body must name the new session: {"id": "…", "twin": "…"}')
+    session = runtime.add_session(session_id, twin or runtime.sessions[runtime.default_session_id].twin.name)
+    request.app[EVENTS].emit("session", f"session started ({session.twin.name})", session=session.session_id)
+    return web.json_response({"id": session.session_id, "twin": session.twin.name}, status=201)
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Stop a session and everything attached to it."""
+    await request.app[RUNTIME].remove_session(request.match_info["session_id"])
+    request.app[EVENTS].emit("session", "session stopped", session=request.match_info["session_id"])
+    return web.Response(status=204)
+
+
+async def list_outputs(request: web.Request) -> web.Response:
+    """RTMP pushes and recordings, with their state (stream keys masked)."""
+    return web.json_response({"outputs": [o.describe() for o in request.app[RUNTIME].outputs.values()]})
+
+
+async def create_output(request: web.Request) -> web.Response:
+    """Start an RTMP push (``url``, optionally ``key``) or an MP4 recording (``path``)."""
+    body = await read_json(request)
+    kind = optional_str(body, "kind") or "rtmp"
+    target = optional_str(body, "url") if kind == "rtmp" else optional_str(body, "path")
+    if not target:
+        raise InputError('an rtmp output needs "url"; a record output needs "path"')
+    key = optional_str(body, "key")
+    if kind == "rtmp" and key:
+        target = target.rstrip("/") + "/" + key
+    output = request.app[RUNTIME].add_output(kind, target, optional_str(body, "session"))
+    described = output.describe()
+    request.app[EVENTS].emit("output", f"{kind} output started: {described['target']}", session=output.session_id)
+    return web.json_response(described, status=201)
+
+
+async def delete_output(request: web.Request) -> web.Response:
+    """Stop an output (finishing a recording)."""
+    described = await request.app[RUNTIME].remove_output(request.match_info["output_id"])
+    request.app[EVENTS].emit("output", f"{described['kind']} output stopped: {described['target']}",
+                             session=described["session"])
+    return web.json_response(described)
+
+
+async def get_script(request: web.Request) -> web.Response:
+    """A session's script."""
+    runtime = request.app[RUNTIME]
+    return web.json_response(runtime.script(request.query.get("session")).to_dict())
+
+
+async def add_script_lines(request: web.Request) -> web.Response:
+    """Append lines: ``{"lines": ["…", …]}`` or ``{"text": "one line per row"}``."""
+    body = await read_json(request)
+    lines = body.get("lines")
+    if lines is None and isinstance(body.get("text"), str):
+        lines = body["text"].splitlines()
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise InputError('body must be {"lines": ["…"]} or {"text": "…"}')
+    script = request.app[RUNTIME].script(optional_str(body, "session"))
+    added = script.add(lines)
+    return web.json_response({"added": [line.to_dict() for line in added], **script.to_dict()}, status=201)
+
+
+async def reorder_script(request: web.Request) -> web.Response:
+    """Reorder: ``{"order": [line ids, every one exactly once]}``."""
+    body = await read_json(request)
+    order = body.get("order")
+    if not isinstance(order, list) or not all(isinstance(item, int) for item in order):
+        raise InputError('body must be {"order": [line ids]}')
+    script = request.app[RUNTIME].script(optional_str(body, "session"))
+    script.reorder(order)
+    return web.json_response(script.to_dict())
+
+
+async def delete_script_line(request: web.Request) -> web.Response:
+    """Remove a line."""
+    script = request.app[RUNTIME].script(request.query.get("session"))
+    script.remove(int_param(request, "line_id"))
+    return web.json_response(script.to_dict())
+
+
+async def speak_script_line(request: web.Request) -> web.Response:
+    """Cue a line: ``{"when": "next"}`` after what is being said, ``{"when": "now"}`` interrupting it."""
+    body = await read_optional_json(request)
+    when = body.get("when", "next")
+    if when not in ("now", "next"):
+        raise InputError(f'"when" must be "now" or "next", got {when!r}')
+    runtime = request.app[RUNTIME]
+    session = runtime.session(optional_str(body, "session"))
+    script = runtime.script(session.session_id)
+    line = script.line(int_param(request, "line_id"))
+    if when == "now":
+        session.interrupt()
+    result = await session.say(line.text)
+    script.mark_spoken(line.line_id)
+    request.app[EVENTS].emit("speech", f"line {line.line_id} ({when}): {line.text[:60]}", session=session.session_id)
+    return web.json_response({**result, "line": line.to_dict()}, status=202)
