@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from twincast.errors import InputError
 
@@ -135,6 +134,8 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     """Band-limited rational resampling of mono float audio."""
     if from_hz == to_hz:
         return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # imported here so GPU benchmark machines need no SciPy
+
     ratio = Fraction(to_hz, from_hz)
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 

@@ -1,4 +1,4 @@
-"""The ``Engine`` contract and the backend registry.
+"""The ``Engine`` contract, the backend registry and ``auto`` selection.
 
 An engine is built from an artifact (``twin.onnx`` + ``twin.json``), warmed up once (buffers allocated then),
 called with one batch of frames from any number of sessions, and closed. Backends are registered by import path
@@ -8,24 +8,30 @@ and imported only when chosen, so the package imports on a machine without them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from export.spec import TwinSpec, load_spec, resolve_artifact
-from twincast.errors import ArtifactMismatchError, DependencyError, InputError
+from twincast.errors import ArtifactMismatchError, DependencyError, InputError, TwincastError
+
+log = logging.getLogger(__name__)
 
 # name → "module:Class"; imported lazily by create_engine.
 ENGINES: dict[str, str] = {
     "onnxruntime": "engines.onnxruntime_engine:OnnxRuntimeEngine",
     "torch": "engines.torch_engine:TorchEngine",
+    "tensorrt": "engines.tensorrt_engine:TensorRTEngine",
 }
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -33,14 +39,23 @@ class EngineOptions:
     """How an engine should run."""
 
     threads: int = 0  # CPU threads for the engine's own pool; 0 = all cores
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu" or "cuda"
     spin: bool = True  # let CPU worker threads busy-wait between ops (fastest alone, wasteful beside others)
+    precision: str = "fp32"  # compute precision where the engine chooses it (PyTorch on CUDA, TensorRT builds)
+    cuda_graphs: bool = True  # capture one CUDA graph per batch size (PyTorch, TensorRT)
+    max_batch: int = 32  # largest batch the engine prepares for (TensorRT profile, graph captures)
+    cache_dir: Path | None = None  # where TensorRT plans are kept
+    fallback: bool = False  # `auto` may fall back to the next engine when the best one fails to start
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise InputError(f"engine threads {self.threads} must be ≥ 0")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"engine device {self.device!r} must be 'cpu' or 'cuda'")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"engine precision {self.precision!r} must be one of {PRECISIONS}")
+        if not 1 <= self.max_batch <= 1024:
+            raise InputError(f"engine max_batch {self.max_batch} must be in 1..1024")
 
     @property
     def thread_count(self) -> int:
@@ -61,6 +76,8 @@ class Engine(ABC):
         self.onnx_path = onnx_path
         self.spec = spec
         self.options = options
+        self.fallback_reason: str | None = None  # set when `auto` had to fall back to this engine
+        self.chosen_because: str | None = None
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -79,6 +96,10 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - backends without resources need not override it
         """Release the engine's resources."""
+
+    def memory_mb(self) -> float | None:
+        """Device memory the engine holds (CUDA engines), or None on CPU."""
+        return None
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check names, dtypes and shapes against the sidecar; return the batch size.
@@ -106,17 +127,21 @@ class Engine(ABC):
         """The sidecar's input names, in order."""
         return [tensor.name for tensor in self.spec.inputs]
 
+    def input_shape(self, name: str, batch: int) -> tuple[int, ...]:
+        """The concrete shape of input ``name`` at ``batch``."""
+        return tuple(batch if d == "batch" else int(d) for d in self.spec.input(name).shape)
+
     def zero_inputs(self, batch: int) -> dict[str, np.ndarray]:
         """A batch of zeros shaped like the inputs (for warm-up and benchmarks)."""
-        return {
-            tensor.name: np.zeros(tuple(batch if d == "batch" else int(d) for d in tensor.shape), tensor.dtype)
-            for tensor in self.spec.inputs
-        }
+        return {tensor.name: np.zeros(self.input_shape(tensor.name, batch), tensor.dtype)
+                for tensor in self.spec.inputs}
 
     def describe(self) -> dict[str, Any]:
         """What this engine is, for logs, stats and the dashboard."""
         return {"engine": self.name, "steps": self.spec.steps, "crop_px": self.spec.crop_px,
-                "precision": self.spec.precision, "threads": self.options.thread_count, "device": self.options.device}
+                "precision": self.spec.precision if self.name == "onnxruntime" else self.options.precision,
+                "threads": self.options.thread_count, "device": self.options.device,
+                "chosen_because": self.chosen_because, "fallback": self.fallback_reason}
 
 
 def engine_names() -> list[str]:
@@ -134,15 +159,47 @@ def _engine_class(name: str) -> type[Engine]:
     return engine_class
 
 
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device (imports torch only when asked)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def auto_candidates(options: EngineOptions) -> list[tuple[str, EngineOptions, str]]:
+    """The engines ``auto`` may use here, best first: (name, options, why)."""
+    candidates: list[tuple[str, EngineOptions, str]] = []
+    if cuda_available():
+        cuda = replace(options, device="cuda")
+        if importlib.util.find_spec("tensorrt") is not None:
+            candidates.append(("tensorrt", replace(cuda, precision="fp16"),
+                               "TensorRT is installed and a CUDA GPU is present: compiled fp16 plans run fastest"))
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                candidates.append(("onnxruntime", cuda, "ONNX Runtime's CUDA provider is installed (no TensorRT)"))
+        candidates.append(("torch", replace(cuda, precision="fp16"),
+                           "a CUDA GPU without TensorRT: PyTorch fp16 with CUDA graphs"))
+    candidates.append(("onnxruntime", replace(options, device="cpu"),
+                       "on CPU, ONNX Runtime runs these graphs about 2× faster than PyTorch eager"))
+    candidates.append(("torch", replace(options, device="cpu"), "PyTorch eager on CPU, the reference"))
+    return candidates
+
+
 def choose_auto(options: EngineOptions) -> tuple[str, str]:
-    """Pick the best engine available for ``options``; returns (name, why)."""
-    if options.device == "cpu":
-        return "onnxruntime", "on CPU, ONNX Runtime runs these graphs 2-4× faster than PyTorch eager"
-    return "torch", "on CUDA, PyTorch is the engine available in this build"
+    """The engine ``auto`` picks first here, and why."""
+    name, _, why = auto_candidates(options)[0]
+    return name, why
 
 
 def create_engine(name: str, artifact: Path, options: EngineOptions | None = None) -> Engine:
     """Build a registered engine (or ``auto``) over the artifact at ``artifact``.
+
+    ``auto`` takes the best engine available; if it fails to start and ``options.fallback`` is set, the next
+    one is tried with a WARNING, and the engine reports the fallback in ``describe()``.
 
     Raises:
         InputError: unknown engine name.
@@ -150,10 +207,27 @@ def create_engine(name: str, artifact: Path, options: EngineOptions | None = Non
         DependencyError: the backend's library is not installed.
     """
     options = options or EngineOptions()
-    if name == "auto":
-        name, _ = choose_auto(options)
-    if name not in ENGINES:
-        raise InputError(f"unknown engine {name!r}; expected 'auto' or one of {engine_names()}")
     onnx_path = resolve_artifact(artifact)
     spec = load_spec(onnx_path)
-    return _engine_class(name)(onnx_path, spec, options)
+    if name != "auto":
+        if name not in ENGINES:
+            raise InputError(f"unknown engine {name!r}; expected 'auto' or one of {engine_names()}")
+        return _engine_class(name)(onnx_path, spec, options)
+    failures: list[str] = []
+    for candidate, candidate_options, why in auto_candidates(options):
+        try:
+            engine = _engine_class(candidate)(onnx_path, spec, candidate_options)
+        except (TwincastError, RuntimeError, OSError) as exc:
+            failures.append(f"{candidate} ({candidate_options.device}): {exc}")
+            if not options.fallback:
+                raise
+            log.warning("engine %s failed to start (%s); falling back", candidate, exc)
+            continue
+        engine.chosen_because = why
+        if failures:
+            engine.fallback_reason = "; ".join(failures)
+            log.warning("engine auto fell back to %s after: %s", candidate, engine.fallback_reason)
+        else:
+            log.info("engine auto → %s: %s", candidate, why)
+        return engine
+    raise DependencyError("no engine could start: " + "; ".join(failures))

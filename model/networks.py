@@ -166,7 +166,7 @@ class TwinDenoiser(nn.Module):
         """One x-prediction from a noisy crop and pre-encoded conditions."""
         features, audio, known = condition
         h = self.x_in(self._patchify(x_t)) + features
-        emb = self.time_mlp(timestep_embedding(t, self.config.time_dim)) + audio
+        emb = self.time_mlp(timestep_embedding(t, self.config.time_dim).to(x_t.dtype)) + audio
         skips = []
         for blocks, downsample in zip(self.down, self.downsample, strict=True):
             for block in cast(nn.ModuleList, blocks):

@@ -18,6 +18,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     engine: str = "auto"
+    engine_fallback: bool = False  # `auto` may fall back to the next engine if the best one fails to start
     threads: int = 0
     max_batch: int = 8
     lead_frames: int = 2

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from avatar.audio import MelSpec
 from avatar.pack import AvatarPack
-from engines.base import Engine, EngineOptions, choose_auto, create_engine
+from engines.base import Engine, EngineOptions, create_engine
 from export.spec import resolve_artifact
 from stream.app import create_app
 from stream.assets import TwinAssets
@@ -50,10 +50,8 @@ class TwinSource:
 
 def build_runtime(config: ServeConfig, sources: list[TwinSource]) -> TwinRuntime:
     """Load each artifact once (twins may share one), warm the engines up, prepare the twins (blocking)."""
-    options = EngineOptions(threads=config.threads, spin=False)
-    if config.engine == "auto":
-        name, why = choose_auto(options)
-        log.info("engine auto → %s: %s", name, why)
+    options = EngineOptions(threads=config.threads, spin=False, max_batch=max(8, config.max_batch),
+                            fallback=config.engine_fallback)
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
         raise InputError(f"twin names must be unique, got {names}")

@@ -22,12 +22,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    from engines.base import cuda_available
+
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (these run on GPU machines; nothing is faked here)")
+    has_cuda = any("gpu" in item.keywords for item in items) and cuda_available()
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -94,7 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output .onnx path")
     export.add_argument("--steps", type=int, help="sampler steps unrolled into the graph")
     export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--precision", default="fp32", help="fp32 or fp16 (float32 inputs and output either way)")
     _add_common(export)
+
+    build = commands.add_parser("build-engine", help="compile twin.onnx into a cached TensorRT plan (NVIDIA GPU)")
+    build.add_argument("model", type=Path, help="twin.onnx")
+    build.add_argument("--precision", default="fp16", help="fp16 (default) or fp32")
+    build.add_argument("--max-batch", type=int, default=32, help="largest batch the plan accepts")
+    build.add_argument("--opt-batch", type=int, default=8, help="batch the plan is tuned for")
+    build.add_argument("--cache-dir", type=Path, help="plan cache (default: plans/ beside the model)")
+    build.add_argument("--timing-cache", type=Path, help="development only: reuse kernel timings between builds")
+    build.add_argument("--force", action="store_true", help="rebuild even when a cached plan exists")
+    _add_common(build)
 
     bench = commands.add_parser("bench", help="frames/s and latency of the engines on an artifact")
     bench.add_argument("--model", type=Path, required=True, help="twin.onnx or a directory holding it")
@@ -102,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
     bench.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--precision", default="fp32", help="compute precision for torch/tensorrt: fp32 or fp16")
     bench.add_argument("--json", action="store_true", help="print a JSON list of rows")
     _add_common(bench)
 
@@ -217,9 +230,22 @@ def cmd_eval(args: argparse.Namespace, toml: dict[str, Any]) -> int:
 def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from export.onnx_export import export_run
 
-    result = export_run(args.run, args.out, steps=args.steps, opset=args.opset, variant=args.variant)
+    result = export_run(args.run, args.out, steps=args.steps, opset=args.opset, variant=args.variant,
+                        precision=args.precision)
     print(json.dumps({"onnx": str(result.onnx), "sidecar": str(result.sidecar), "weights": str(result.weights),
                       "max_abs_error": result.max_abs_error}))
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from engines.tensorrt_build import BatchProfile, build_plan
+
+    profile = BatchProfile(1, min(args.opt_batch, args.max_batch), args.max_batch)
+    cache_dir = args.cache_dir or args.model.resolve().parent / "plans"
+    result = build_plan(args.model, precision=args.precision, profile=profile, cache_dir=cache_dir,
+                        timing_cache=args.timing_cache, force=args.force)
+    print(json.dumps({"plan": str(result.plan), "key": result.key, "cached": result.cached,
+                      "seconds": round(result.seconds, 1)}))
     return 0
 
 
@@ -238,15 +264,23 @@ def cmd_bench(args: argparse.Namespace, toml: dict[str, Any]) -> int:
         raise InputError(f"--batch {args.batch!r} must list batch sizes ≥ 1")
     engines = engine_names() if args.engine == "all" else [args.engine]
     model = artifact_for(args.model, cache_dir())
-    rows = run_bench(model, engines, batches, seconds=args.seconds, options=EngineOptions(threads=args.threads))
+    options = EngineOptions(threads=args.threads, device=args.device, precision=args.precision,
+                            max_batch=max(batches))
+    skipped: dict[str, str] = {}
+    rows = run_bench(model, engines, batches, seconds=args.seconds, options=options,
+                     skipped=skipped if args.engine == "all" else None)
+    for name, reason in skipped.items():
+        print(f"twincast bench: {name} skipped: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps([row.to_dict() for row in rows], indent=1))
     else:
-        print(f"{'engine':<12} {'steps':>5} {'batch':>5} {'fps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs eager':>8}")
+        print(f"{'engine':<12} {'prec':>4} {'steps':>5} {'batch':>5} {'fps':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'warm-up':>8} {'MB':>7} {'vs eager':>8}")
         for row in rows:
             ratio = f"{row.vs_torch_eager:.2f}×" if row.vs_torch_eager else "-"
-            print(f"{row.engine:<12} {row.steps:>5} {row.batch:>5} {row.fps:>9.1f} {row.p50_ms:>8.2f} "
-                  f"{row.p99_ms:>8.2f} {ratio:>8}")
+            memory = f"{row.memory_mb:.0f}" if row.memory_mb is not None else "-"
+            print(f"{row.engine:<12} {row.precision:>4} {row.steps:>5} {row.batch:>5} {row.fps:>9.1f} "
+                  f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.warmup_ms:>6.0f}ms {memory:>7} {ratio:>8}")
     return 0
 
 
@@ -305,6 +339,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
     "distill": cmd_distill,
     "eval": cmd_eval,
     "export": cmd_export,
+    "build-engine": cmd_build_engine,
     "bench": cmd_bench,
     "serve": cmd_serve,
     "demo": cmd_demo,

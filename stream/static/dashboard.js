@@ -167,6 +167,7 @@ function showStats(all) {
   const warnings = [];
   if (s.fps > 0 && s.fps < 22) warnings.push(`rendering at ${s.fps.toFixed(1)} fps, below 25`);
   if (all.render_worker.failures) warnings.push(`${all.render_worker.failures} render batches failed`);
+  if (all.engine.fallback) warnings.push(`engine fell back to ${all.engine.engine}: ${all.engine.fallback}`);
   for (const output of s.outputs) if (output.state === "reconnecting" || output.state === "failed")
     warnings.push(`${output.kind} ${output.target}: ${output.state}${output.error ? " — " + output.error : ""}`);
   if (s.pose.webcam_fallbacks) warnings.push(`webcam lost ${s.pose.webcam_fallbacks}× (fell back to the loop)`);
