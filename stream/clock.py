@@ -15,15 +15,22 @@ class MediaClock:
         fps: frames per second.
         now: the time source (seconds); injectable so tests can run time fast.
         sleep: the coroutine used to wait; injectable with ``now``.
+        grid: when given, the origin is the first instant at or after now on the frame grid that starts at
+            ``grid``, so every clock of one process at one fps ticks at the same instants (and their sessions'
+            frames reach the render worker together, to be batched).
     """
 
     def __init__(self, fps: int, now: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, grid: float | None = None) -> None:
         self.fps = fps
         self.period_s = 1.0 / fps
         self.now = now
         self._sleep = sleep
-        self.origin = now()
+        started = now()
+        if grid is None:
+            self.origin = started
+        else:
+            self.origin = grid + math.ceil((started - grid) / self.period_s - 1e-9) * self.period_s
 
     def deadline(self, frame_index: float) -> float:
         """Wall time (on ``now``'s clock) at which frame ``frame_index`` is due."""

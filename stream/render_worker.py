@@ -2,8 +2,10 @@
 
 Jobs are submitted from the event loop without blocking it; results come back on the loop through
 ``call_soon_threadsafe``. Each engine call takes the oldest job and every other queued job for the same engine
-(up to ``max_batch``), so sessions of one twin share calls. Jobs of a superseded generation (after an
-interrupt) are dropped before rendering.
+(up to ``max_batch``), so sessions of one twin share calls. Sessions tick on one frame grid, so their jobs
+arrive within a fraction of a millisecond of each other; when fewer jobs are queued than sessions feed that
+engine, the worker waits up to ``gather_s`` after the oldest job for the rest. Jobs of a superseded generation
+(after an interrupt) are dropped before rendering.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,13 +57,16 @@ class RenderWorker:
     """Owns the engines on one thread; batches up to ``max_batch`` queued jobs per engine call.
 
     The job queue holds at most ``max_jobs``; overflow rule: the oldest job is dropped (its frame would be
-    late anyway) and counted in ``dropped``.
+    late anyway) and counted in ``dropped``. ``gather_s`` bounds the wait for the other sessions' jobs of one
+    tick (see ``feeds``).
     """
 
     def __init__(self, engines: dict[str, Engine], loop: asyncio.AbstractEventLoop, *, max_batch: int,
-                 max_jobs: int = 256) -> None:
+                 max_jobs: int = 256, gather_s: float = 0.004) -> None:
         self.engines = engines
         self.max_batch = max_batch
+        self.gather_s = gather_s
+        self.feeds: Counter[str] = Counter()  # engine key → sessions that submit a job to it every tick
         self._loop = loop
         self._jobs: deque[RenderJob] = deque(maxlen=max_jobs)
         self._wake = threading.Condition()
@@ -106,6 +111,13 @@ class RenderWorker:
             if self._stopping:
                 return None
             key = self._jobs[0].engine
+            wanted = min(self.max_batch, max(1, self.feeds[key]))
+            until = self._jobs[0].submitted_at + self.gather_s
+            while (not self._stopping and sum(job.engine == key for job in self._jobs) < wanted
+                   and (left := until - time.perf_counter()) > 0):
+                self._wake.wait(left)
+            if self._stopping:
+                return None
             batch = [job for job in self._jobs if job.engine == key][: self.max_batch]
             for job in batch:
                 self._jobs.remove(job)

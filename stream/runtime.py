@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class TwinRuntime:
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seen: dict[str, Any] = {}
+        self._clock_grid = time.monotonic()  # every session's clock ticks on this grid
 
     async def start(self) -> None:
         """Start the render worker and one session per twin (named after it)."""
@@ -102,12 +104,13 @@ class TwinRuntime:
         rng = np.random.default_rng(self.config.noise_seed)
         noise = rng.standard_normal((3, twin.crop_px, twin.crop_px)).astype(np.float32)
         session = TwinSession(
-            session_id, twin, self.worker, MediaClock(twin.mel_spec.fps),
+            session_id, twin, self.worker, MediaClock(twin.mel_spec.fps, grid=self._clock_grid),
             tts=make_tts(self.config.tts, Voice(name=self.config.voice)), pose_mode=self.config.pose,
             lead_frames=self.config.lead_frames, noise=noise,
             max_queued_frames=int(self.config.max_queued_speech_s * twin.mel_spec.fps), spawn=self.spawn,
         )
         self.sessions[session_id] = session
+        self.worker.feeds[twin.engine] += 1
         self.scripts[session_id] = Script()
         self.video_sources[session_id] = TwinVideoTrack(session)
         self.spawn(session.run(), f"session-{session_id}")
@@ -125,6 +128,8 @@ class TwinRuntime:
         for task in [t for t in self._tasks if t.get_name() == f"session-{session_id}"]:
             task.cancel()
         self.video_sources.pop(session_id).stop()
+        if self.worker is not None:
+            self.worker.feeds[session.twin.engine] -= 1
         del self.sessions[session_id]
         del self.scripts[session_id]
 

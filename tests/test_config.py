@@ -42,4 +42,4 @@ def test_serve_config_validates_itself() -> None:
     with pytest.raises(InputError, match="serve host 'example.com' is not an IP address"):
         ServeConfig(host="example.com")
     assert ServeConfig().is_loopback and not ServeConfig(host="0.0.0.0").is_loopback
-    assert "s3cret" not in repr(ServeConfig(operator_token="s3cret"))
+    assert "s3cret-token" not in repr(ServeConfig(operator_token="s3cret-token"))

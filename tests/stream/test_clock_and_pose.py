@@ -43,6 +43,19 @@ def test_sleep_until_waits_on_the_injected_clock() -> None:
     assert asyncio.run(scenario()) == [1, 2, 3]
 
 
+def test_clocks_on_one_grid_tick_together() -> None:
+    time = ManualTime()
+    grid = time.now()
+    first = MediaClock(25, now=time.now, sleep=time.sleep, grid=grid)
+    time.advance_to(grid + 1.013)  # a second session starts 1.013 s later, mid-period
+    second = MediaClock(25, now=time.now, sleep=time.sleep, grid=grid)
+    assert first.origin == grid
+    assert second.origin == pytest.approx(grid + 1.04)  # the next grid instant, never one in the past
+    assert second.deadline(0) == pytest.approx(first.deadline(26))
+    time.advance_to(grid + 2.0)  # exactly on the grid: starts now
+    assert MediaClock(25, now=time.now, sleep=time.sleep, grid=grid).origin == pytest.approx(grid + 2.0)
+
+
 def test_real_clock_sleep_returns_at_once_when_late() -> None:
     clock = MediaClock(25)
     asyncio.run(clock.sleep_until(clock.deadline(-5)))

@@ -17,7 +17,7 @@ from engines import create_engine
 from engines.base import Engine
 from stream.assets import TwinAssets
 from stream.audio_queue import prepare_chunks
-from stream.render_worker import RenderWorker
+from stream.render_worker import RenderJob, RenderWorker
 from stream.session import Twin, TwinSession
 from stream.tracks import TwinAudioTrack, TwinVideoTrack
 from stream.tts import EspeakTTS
@@ -133,3 +133,41 @@ def test_live_loop_paces_locks_audio_to_video_and_interrupts(pack: Path, artifac
     before, after = out["generation"]  # type: ignore[misc]
     assert after == before + 1 and out["queue_after"] == 0
     assert all(np.abs(block).max() == 0 for block in out["after_interrupt"])  # type: ignore[attr-defined]
+
+
+def test_worker_waits_briefly_for_the_other_sessions_of_a_tick() -> None:
+    batches: list[int] = []
+
+    def double(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        batches.append(len(inputs["x"]))
+        return inputs["x"] * 2
+
+    async def tick(feeds: int) -> list[float]:
+        loop = asyncio.get_running_loop()
+        worker = RenderWorker({"e": double}, loop, max_batch=8, gather_s=0.2)  # type: ignore[dict-item]
+        worker.feeds["e"] = feeds
+        worker.start()
+        got: list[float] = []
+        done = asyncio.Event()
+
+        def deliver(frame: Any) -> None:
+            got.append(float(frame.payload[0]))
+            if len(got) == 2:
+                done.set()
+
+        def job(value: float) -> RenderJob:
+            return RenderJob("s", 0, 0, "e", {"x": np.array([value], np.float32)}, lambda face: face, deliver,
+                             lambda generation: True)
+
+        try:
+            worker.submit(job(1.0))
+            await asyncio.sleep(0.02)  # the second session's job arrives 20 ms later
+            worker.submit(job(2.0))
+            await asyncio.wait_for(done.wait(), 5)
+        finally:
+            worker.stop()
+        return got
+
+    assert asyncio.run(tick(feeds=2)) == [2.0, 4.0] and batches == [2]  # waited, then one call for both
+    batches.clear()
+    assert asyncio.run(tick(feeds=1)) == [2.0, 4.0] and batches == [1, 1]  # one session: never waits
