@@ -16,7 +16,7 @@ import numpy as np
 from avatar.audio import MelSpec
 from twincast.errors import InputError, NotFoundError
 
-SCHEMA_VERSION = 2  # 2: the mel window looks back (MelSpec.lookahead_ms)
+SCHEMA_VERSION = 3  # 2: the mel window looks back (MelSpec.lookahead_ms); 3: flags, pose, blink, speech, bank
 META_FILE = "avatar.json"
 BASE_VIDEO = "base.mp4"
 
@@ -25,8 +25,12 @@ ARRAYS: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "crops": ("uint8", ("N", "C", "C", 3)),
     "transforms": ("float32", ("N", 2, 3)),
     "landmarks": ("float32", ("N", 468, 2)),
-    "valid": ("bool", ("N",)),
+    "valid": ("bool", ("N",)),  # no flag set
+    "flags": ("uint8", ("N",)),  # bit mask of rejection reasons, in the order of ``flag_reasons``
+    "pose": ("float32", ("N", 3)),  # head yaw, pitch, roll in degrees; NaN without a face
     "mouth_open": ("float32", ("N",)),
+    "blink": ("float32", ("N",)),  # eye openness (aspect ratio); it dips in a blink; NaN without a face
+    "speech": ("bool", ("N",)),  # the frame's audio is speech, not silence
     "mel": ("float16", ("N", "M", "W")),
     "audio_16k": ("float32", ("A16",)),
     "audio_48k": ("int16", ("A48",)),
@@ -54,6 +58,10 @@ class PackMeta:
     source: dict[str, Any]
     mel: dict[str, Any]
     created_by: str
+    reference_bank: list[int] = field(default_factory=list)  # frames spread over poses and mouth shapes
+    idle_segments: list[dict[str, Any]] = field(default_factory=list)  # {start, end, loop, jump}
+    flag_reasons: list[str] = field(default_factory=list)  # flag bit i means flag_reasons[i]
+    rejected: dict[str, int] = field(default_factory=dict)  # frames carrying each flag
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -139,6 +147,11 @@ class AvatarPack:
             raise InputError(
                 f"avatar pack {self.root}: holdout {self.meta.holdout} is outside 0..{self.meta.frame_count}"
             )
+        outside = [i for i in [self.meta.reference_index, *self.meta.reference_bank]
+                   if not 0 <= i < self.meta.frame_count]
+        if outside:
+            raise InputError(f"avatar pack {self.root}: reference frames {outside} are outside "
+                             f"0..{self.meta.frame_count - 1}")
 
     def array(self, name: str) -> np.ndarray:
         """One of the pack's arrays, memory-mapped."""
@@ -174,3 +187,8 @@ class AvatarPack:
     def reference_crop(self) -> np.ndarray:
         """The identity reference crop, RGB uint8 (C, C, 3)."""
         return np.asarray(self.array("crops")[self.meta.reference_index])
+
+    def reference_bank_crops(self) -> np.ndarray:
+        """The reference bank's crops, RGB uint8 (K, C, C, 3): the identity over poses and mouth shapes."""
+        bank = self.meta.reference_bank or [self.meta.reference_index]
+        return np.stack([np.asarray(self.array("crops")[index]) for index in bank])

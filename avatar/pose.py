@@ -47,11 +47,3 @@ def head_pose(points: np.ndarray, image_size: tuple[int, int]) -> tuple[float, f
     roll = math.degrees(math.atan2(rotation[1, 0], rotation[0, 0]))
     return yaw, -pitch, roll
 
-
-def poses_of(landmarks: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Head poses of many frames, shape (N, 3); NaN rows where a frame has no landmarks."""
-    poses = np.full((landmarks.shape[0], 3), np.nan, np.float32)
-    for index, points in enumerate(landmarks):
-        if not np.isnan(points[0, 0]):
-            poses[index] = head_pose(points, image_size)
-    return poses

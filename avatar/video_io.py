@@ -32,6 +32,9 @@ class VideoInfo:
     video_codec: str
     audio_rate_hz: int | None
     audio_channels: int | None
+    audio_codec: str | None = None
+    rotation: int = 0  # degrees counter-clockwise the frames are turned for display; width/height are after it
+    video_duration_s: float | None = None  # the video stream's own duration, when the container records it
 
 
 def _open(path: Path) -> Any:
@@ -42,7 +45,14 @@ def _open(path: Path) -> Any:
     try:
         return av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise InputError(f"{path} is not a readable video ({exc.strerror or exc}); expected mp4/mov/mkv/webm") from exc
+        raise InputError(f"{path} is not a readable video ({exc.strerror or exc}): it is corrupt, truncated or "
+                         "not a video; expected an mp4/mov/mkv/webm/avi recording") from exc
+
+
+def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a decoded frame as its display matrix says (a phone's portrait recording stands up)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def probe(path: Path) -> VideoInfo:
@@ -65,24 +75,39 @@ def probe(path: Path) -> VideoInfo:
         elif video.duration and video.time_base:
             duration_s = float(video.duration * video.time_base)
         audio = container.streams.audio[0] if container.streams.audio else None
+        video_duration_s = float(video.duration * video.time_base) if video.duration and video.time_base else None
+        try:
+            first = next(container.decode(video), None)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: its video stream cannot be decoded ({exc}); the file is corrupt") from exc
+        if first is None:
+            raise InputError(f"{path}: its video stream holds no decodable frame; the file is corrupt or empty")
+        rotation = int(round(first.rotation or 0)) % 360
+        width, height = video.codec_context.width, video.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
         return VideoInfo(
             path=path,
             format_name=format_name,
-            width=video.codec_context.width,
-            height=video.codec_context.height,
+            width=width,
+            height=height,
             fps=float(rate),
             duration_s=duration_s,
             video_codec=video.codec_context.name,
             audio_rate_hz=audio.codec_context.sample_rate if audio else None,
             audio_channels=audio.codec_context.channels if audio else None,
+            audio_codec=audio.codec_context.name if audio else None,
+            rotation=rotation,
+            video_duration_s=video_duration_s,
         )
 
 
 def iter_frames(path: Path, fps: int) -> Iterator[tuple[int, np.ndarray]]:
     """Decode ``path`` to RGB frames resampled to a constant ``fps`` by presentation time.
 
-    Output frame *n* shows the latest source frame whose time is at or before n / fps, so variable and
-    higher or lower source rates all map to one clock.
+    Output frame *n* shows the source frame nearest in time to n / fps (the earlier one on a tie), so variable
+    and higher or lower source rates all map to one clock without a systematic delay. Frames are turned upright
+    per their rotation metadata.
 
     Raises:
         InputError: the stream cannot be decoded.
@@ -92,6 +117,7 @@ def iter_frames(path: Path, fps: int) -> Iterator[tuple[int, np.ndarray]]:
         stream.thread_type = "AUTO"
         next_index = 0
         previous: np.ndarray | None = None
+        previous_s = 0.0
         start: float | None = None
         try:
             for frame in container.decode(stream):
@@ -100,11 +126,12 @@ def iter_frames(path: Path, fps: int) -> Iterator[tuple[int, np.ndarray]]:
                 time_s = float(frame.pts * frame.time_base)
                 start = time_s if start is None else start
                 time_s -= start
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = _upright(frame.to_ndarray(format="rgb24"), int(round(frame.rotation or 0)))
                 while previous is not None and next_index / fps < time_s - 1e-6:
-                    yield next_index, previous
+                    target_s = next_index / fps
+                    yield next_index, previous if target_s - previous_s <= time_s - target_s + 1e-6 else rgb
                     next_index += 1
-                previous = rgb
+                previous, previous_s = rgb, time_s
         except av.error.FFmpegError as exc:
             raise InputError(f"{path} could not be decoded at output frame {next_index}: {exc}") from exc
         if previous is not None:

@@ -10,7 +10,6 @@ import numpy as np
 from avatar import align
 from avatar.audio import MelSpec
 from avatar.pack import AvatarPack
-from avatar.pose import poses_of
 from export.spec import TwinSpec
 from twincast.errors import ArtifactMismatchError
 
@@ -63,8 +62,7 @@ class TwinAssets:
         masked[:, :, int(np.ceil(spec.mask_top * spec.crop_px - 0.5)):, :] = 0.0
         reference = crops_to_model(pack.reference_crop()[None])[0]
         start, end = pack.meta.base_range
-        size = (pack.meta.frame_width, pack.meta.frame_height)
-        poses = poses_of(np.asarray(pack.array("landmarks")[start:end]), size)
+        poses = np.asarray(pack.array("pose")[start:end], np.float32)  # measured at enrollment
         return cls(base_frames=frames, transforms=transforms, masked_crops=masked, reference=reference,
                    paste_mask=align.paste_mask(spec.crop_px, spec.mask_top), base_poses=poses,
                    crop_px=spec.crop_px, mask_top=spec.mask_top)

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--out", type=Path, required=True, help="avatar pack directory to create")
     enroll.add_argument("--crop-px", type=int, help="aligned face crop size (multiple of 16)")
     enroll.add_argument("--force", action="store_true", help="replace an existing pack")
+    enroll.add_argument("--report", action="store_true",
+                        help="also write report.json and contact_sheet.png (what was kept and why) into the pack")
     _add_common(enroll)
 
     train = commands.add_parser("train", help="avatar pack → trained renderer (a run directory)")
@@ -159,9 +161,13 @@ def cmd_enroll(args: argparse.Namespace, toml: dict[str, Any]) -> int:
 
     config = build_config(EnrollConfig, section="enroll", toml=toml, env=os.environ,
                           overrides={"crop_px": args.crop_px})
-    result = enroll(args.video, args.out, config, force=args.force, progress=_progress(args))
+    result = enroll(args.video, args.out, config, force=args.force, progress=_progress(args),
+                    write_report=args.report)
+    summary = result.report
     print(json.dumps({"pack": str(result.pack), "frames": result.frame_count, "usable_frames": result.usable_frames,
-                      "holdout": list(result.holdout), "base_range": list(result.base_range)}))
+                      "usable_s": summary["usable_s"], "rejected_frames": summary["rejected_frames"],
+                      "idle_segments": len(summary["idle_segments"]), "holdout": list(result.holdout),
+                      "base_range": list(result.base_range)}))
     return 0
 
 
