@@ -48,8 +48,8 @@ typecheck: install
 demo-model: system-deps install
 	pack="$$($(BIN)/twincast demo --pack-only -q)" && \
 	$(BIN)/twincast train "$$pack" --config demo --out runs/demo --half --force && \
-	$(BIN)/twincast distill runs/demo --half --force && \
-	$(BIN)/twincast train "$$pack" --config demo --objective regression --out runs/demo --half --force && \
+	$(BIN)/twincast distill runs/demo --half --force --steps 1200 && \
+	$(BIN)/twincast train "$$pack" --config demo --objective regression --out runs/demo --half --force --steps 4000 && \
 	$(BIN)/twincast eval runs/demo --json > /dev/null
 	mkdir -p assets/demo
 	cp runs/demo/checkpoint.pt runs/demo/student.pt runs/demo/baseline.pt assets/demo/

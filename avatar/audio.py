@@ -105,6 +105,9 @@ def _hann(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
+_MEL_CHUNK_FRAMES = 256  # frames per slice in mel_windows (its intermediates are ~30 MB per 256 frames)
+
+
 def mel_windows(samples: np.ndarray, frame_indices: np.ndarray, spec: MelSpec, first_frame: int = 0) -> np.ndarray:
     """Log-mel windows for video frames, shape (len(frame_indices), n_mels, window_frames), float32.
 
@@ -118,6 +121,9 @@ def mel_windows(samples: np.ndarray, frame_indices: np.ndarray, spec: MelSpec, f
     if samples.ndim != 1:
         raise InputError(f"mel_windows expects mono audio (1-D), got shape {samples.shape}")
     frame_indices = np.asarray(frame_indices, dtype=np.int64)
+    if frame_indices.size > _MEL_CHUNK_FRAMES:  # bounded memory: minutes of footage in slices of frames
+        return np.concatenate([mel_windows(samples, frame_indices[start : start + _MEL_CHUNK_FRAMES], spec,
+                                           first_frame) for start in range(0, frame_indices.size, _MEL_CHUNK_FRAMES)])
     centres = (frame_indices - first_frame) * spec.samples_per_frame + spec.samples_per_frame // 2
     starts = centres[:, None] + spec.offsets()[None, :]
     gather = starts[:, :, None] + np.arange(spec.n_fft)[None, None, :]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ class ReceivedMedia:
         return self.audio.shape[0] / self.audio_rate_hz if self.audio_rate_hz else 0.0
 
 
-async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int) -> None:
+async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int,
+                 reduce: Callable[[np.ndarray], np.ndarray] | None) -> None:
     while True:
         try:
             frame: Any = await track.recv()
@@ -53,7 +55,8 @@ async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int)
         if track.kind == "video":
             media.video_arrival_s.append(now)
             media.video_pts.append(int(frame.pts or 0))
-            media.video.append(frame.to_ndarray(format="rgb24"))
+            rgb = frame.to_ndarray(format="rgb24")
+            media.video.append(reduce(rgb) if reduce is not None else rgb)
             media.first_video.set()
             if len(media.video) > keep_video:
                 media.video.pop(0)
@@ -65,7 +68,8 @@ async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int)
 
 
 async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, during: Any = None,
-               session: str | None = None) -> ReceivedMedia:
+               session: str | None = None, reduce: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> ReceivedMedia:
     """Connect to ``base_url``'s WHEP endpoint, receive for ``seconds``, hang up (DELETE), return the media.
 
     Args:
@@ -74,6 +78,7 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
         keep_video: keep at most this many most-recent video frames.
         during: an optional coroutine function called (awaited) once the media is flowing.
         session: the session to watch (the server's default when None).
+        reduce: applied to each decoded RGB frame before it is kept (e.g. a crop, so long runs fit in memory).
     """
     media = ReceivedMedia()
     first_video = media.first_video
@@ -82,7 +87,7 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
 
     @peer.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.ensure_future(_drain(track, media, keep_video)))
+        tasks.append(asyncio.ensure_future(_drain(track, media, keep_video, reduce)))
 
     peer.addTransceiver("video", direction="recvonly")
     peer.addTransceiver("audio", direction="recvonly")

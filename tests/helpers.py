@@ -125,7 +125,7 @@ def crop_box(pack: Path, rows: tuple[float, float], cols: tuple[float, float], b
     inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
     corners = np.array([[cols[0] * crop, rows[0] * crop, 1], [cols[1] * crop, rows[1] * crop, 1]]) @ inverse.T
     (x0, y0), (x1, y1) = corners.min(axis=0).astype(int), corners.max(axis=0).astype(int)
-    return slice(y0, y1), slice(x0, x1)
+    return slice(int(y0), int(y1)), slice(int(x0), int(x1))
 
 
 def mouth_and_upper_change(frames: Any, baseline: Any, pack: Path) -> tuple[Any, Any]:
