@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import platform
@@ -54,7 +55,7 @@ PROBE = """([x0, y0, x1, y1]) => {
 }"""
 
 
-def onsets(log: list[list[float]], threshold: float, gap_ms: float = 1500) -> list[float]:
+def onsets(log: list[list[float]], threshold: float, gap_ms: float = 800) -> list[float]:
     """Times where the value rises above ``threshold`` after at least ``gap_ms`` below it."""
     found, last_loud = [], -1e12
     for moment, value in log:
@@ -85,9 +86,10 @@ def main() -> None:
                                timeout=30_000)
         page.evaluate(PROBE, [cols.start, rows.start, cols.stop, rows.stop])
         page.wait_for_timeout(1500)
-        for _ in range(args.trials):
-            asyncio.run(push_speech(server.url, pcm, rate))
-            page.wait_for_timeout(3000)
+        with concurrent.futures.ThreadPoolExecutor(1) as pusher:  # Playwright's sync API owns this thread's loop
+            for _ in range(args.trials):
+                pusher.submit(asyncio.run, push_speech(server.url, pcm, rate)).result()
+                page.wait_for_timeout(4500)  # the utterance (~2 s) plays, then ~2.5 s of silence
         audio_log, video_log = page.evaluate("window.audioLog"), page.evaluate("window.videoLog")
         browser.close()
     idle_values = [value for _, value in video_log[:20]]
@@ -98,7 +100,10 @@ def main() -> None:
         mouth = min((m for m in mouths if abs(m - sound) < 600), key=lambda m: abs(m - sound), default=None)
         if mouth is not None:
             offsets.append(mouth - sound)
-    report: dict[str, Any] = {"benchmark": "browser_av", "trials": args.trials, "matched": len(offsets),
+    report: dict[str, Any] = {"benchmark": "browser_av", "trials": args.trials, "audio_onsets": len(sounds),
+                              "mouth_onsets": len(mouths), "matched": len(offsets),
+                              "mouth_threshold": round(threshold, 2),
+                              "offsets_ms": [round(value, 1) for value in offsets],
                               "offset_ms": {"p50": round(statistics.median(offsets), 1),
                                             "min": round(min(offsets), 1), "max": round(max(offsets), 1)}
                               if offsets else None,

@@ -102,20 +102,26 @@ async def latency(server: ServerProcess, pack: Path, trials: int) -> dict[str, A
             await asyncio.sleep(3.0)
 
     media = await pull(server.url, 1.0, during=speak_repeatedly)
-    times = np.array(media.video_arrival_s)
-    series = mouth_series(media, pack)
+    pairs, threshold = onset_pairs(media, np.array(media.video_arrival_s), mouth_series(media, pack), pushes)
+    rows = [{"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
+             "av_offset_ms": 1000 * (mouth - sound)} for pushed, mouth, sound in pairs]
+    return summarize("latency", rows, {"threshold": round(threshold, 2)})
+
+
+def onset_pairs(media: ReceivedMedia, times: np.ndarray, series: np.ndarray,
+                pushes: list[float]) -> tuple[list[tuple[float, float, float]], float]:
+    """(push, mouth onset, audio onset) per utterance whose both onsets were found, and the mouth threshold
+    (learned from the frames before the first push)."""
     idle = series[times < pushes[0]]
     threshold = float(idle.mean() + 6 * idle.std() + 1.0)
     audio = audio_onsets(media, pushes[0] - 0.1)
-    rows = []
+    pairs = []
     for pushed in pushes:
         mouth = first_crossing(times, series, threshold, pushed)
         sound = next((t for t in audio if t >= pushed), None)
-        if mouth is None or sound is None:
-            continue
-        rows.append({"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
-                     "av_offset_ms": 1000 * (mouth - sound)})
-    return summarize("latency", rows, {"threshold": round(threshold, 2)})
+        if mouth is not None and sound is not None:
+            pairs.append((pushed, mouth, sound))
+    return pairs, threshold
 
 
 async def interrupt(server: ServerProcess, pack: Path, trials: int) -> dict[str, Any]:
@@ -178,18 +184,10 @@ async def drift(server: ServerProcess, pack: Path, minutes: float) -> dict[str, 
     rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))  # keep only the mouth box: 30 min of frames fit
     media = await pull(server.url, 1.0, keep_video=10**7, during=speak_every_ten_seconds,
                        reduce=lambda rgb: rgb[rows, cols].copy())
-    times = np.array(media.video_arrival_s)
     boxes = np.stack(media.video).astype(np.float32)
     series = np.abs(boxes - np.median(boxes[:10], axis=0)).mean(axis=(1, 2, 3))
-    idle = series[times < pushes[0]]
-    threshold = float(idle.mean() + 6 * idle.std() + 1.0)
-    audio = audio_onsets(media, pushes[0] - 0.1)
-    offsets = []
-    for pushed in pushes:
-        mouth = first_crossing(times, series, threshold, pushed)
-        sound = next((t for t in audio if t >= pushed), None)
-        if mouth is not None and sound is not None:
-            offsets.append(1000 * (mouth - sound))
+    pairs, _ = onset_pairs(media, np.array(media.video_arrival_s), series, pushes)
+    offsets = [1000 * (mouth - sound) for _, mouth, sound in pairs]
     head, tail = offsets[: max(1, len(offsets) // 10)], offsets[-max(1, len(offsets) // 10):]
     return {"benchmark": "drift", "minutes": minutes, "utterances": len(pushes), "measured": len(offsets),
             "offset_first_ms": round(statistics.mean(head), 1), "offset_last_ms": round(statistics.mean(tail), 1),

@@ -165,7 +165,8 @@ def cmd_enroll(args: argparse.Namespace, toml: dict[str, Any]) -> int:
                     write_report=args.report)
     summary = result.report
     print(json.dumps({"pack": str(result.pack), "frames": result.frame_count, "usable_frames": result.usable_frames,
-                      "usable_s": summary["usable_s"], "rejected_frames": summary["rejected_frames"],
+                      "usable_s": summary["usable_s"], "trainable_s": summary["trainable_s"],
+                      "rejected_frames": summary["rejected_frames"],
                       "idle_segments": len(summary["idle_segments"]), "holdout": list(result.holdout),
                       "base_range": list(result.base_range)}))
     return 0
