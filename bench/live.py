@@ -1,9 +1,11 @@
 """Live-loop benchmarks of a running twin (the demo unless --model/--avatar are given).
 
-    .venv/bin/python -m bench.live latency|interrupt|viewers|drift [--minutes 30] [--seconds 20]
+    .venv/bin/python -m bench.live latency|egress|interrupt|viewers|drift [--minutes 30] [--seconds 20]
 
 latency    audio in (first loud PCM packet pushed over /api/push) → mouth response in frames received by an aiortc
            WHEP client on loopback, and that client's audio-vs-mouth onset offset; 10 trials.
+egress     the same, measured at the server egress: an in-process server whose session tracks are read as the
+           encoders read them (no encoding, network or client), and the audio-vs-mouth offset there.
 interrupt  POST /api/interrupt during speech → received audio silent and mouth closed; 10 trials.
 viewers    N aiortc viewers at once (default 4): frames/s each receives, server fps and late frames.
 drift      speech every 10 s for --minutes: the audio-vs-mouth onset offset of each utterance, first vs last.
@@ -196,6 +198,72 @@ async def drift(server: ServerProcess, pack: Path, minutes: float) -> dict[str, 
             "audio_span_s": len(media.audio) / 48_000}
 
 
+async def egress(trials: int) -> dict[str, Any]:
+    """The server alone: an in-process demo server whose session tracks are read directly, as the encoders
+    read them, while speech is pushed over its real /api/push socket. No encoder, network or client decode."""
+    from aiohttp import web
+
+    from stream.app import create_app
+    from stream.config import ServeConfig
+    from stream.server import TwinSource, build_runtime
+    from stream.tracks import TwinAudioTrack
+    from tests.helpers import OPERATOR_TOKEN
+    from twincast.demo import cache_dir, demo_model
+
+    pack = _demo_pack()
+    config = ServeConfig(port=0, pose="still", operator_token=OPERATOR_TOKEN)
+    loop = asyncio.get_running_loop()
+    runtime = await loop.run_in_executor(None, build_runtime, config,
+                                         [TwinSource("demo", pack, demo_model(cache_dir()))])
+    runner = web.AppRunner(create_app(runtime, OPERATOR_TOKEN), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))
+    media = ReceivedMedia()
+    video = runtime.relay.subscribe(runtime.video_sources["demo"], buffered=False)
+    audio = TwinAudioTrack(runtime.sessions["demo"])
+
+    async def read_video() -> None:
+        while True:
+            frame = await video.recv()
+            media.video_arrival_s.append(time.monotonic())
+            media.video.append(frame.to_ndarray(format="rgb24")[rows, cols].copy())
+
+    async def read_audio() -> None:
+        while True:
+            frame = await audio.recv()
+            media.audio_arrival_s.append(time.monotonic())
+            media.audio_blocks.append(frame.to_ndarray().reshape(-1).astype(np.int16))
+
+    pcm, rate = speech_pcm("Papa bought a big bag of apples.")
+    pcm = trim_leading_silence(pcm)
+    pushes: list[float] = []
+    readers = [asyncio.ensure_future(read_video()), asyncio.ensure_future(read_audio())]
+    try:
+        await asyncio.sleep(2.5)
+        for _ in range(trials):
+            pushes.append(await push_speech(url, pcm, rate))
+            await asyncio.sleep(3.0)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await runner.cleanup()
+    times = np.array(media.video_arrival_s)
+    settled = times >= times[0] + 1.0  # the first second holds the start-up frames
+    media.video = [box for box, keep in zip(media.video, settled, strict=True) if keep]
+    media.video_arrival_s = list(times[settled])
+    boxes = np.stack(media.video).astype(np.float32)
+    series = np.abs(boxes - np.median(boxes[:10], axis=0)).mean(axis=(1, 2, 3))
+    pairs, threshold = onset_pairs(media, times[settled], series, pushes)
+    report = summarize("egress", [{"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
+                                   "av_offset_ms": 1000 * (mouth - sound)} for pushed, mouth, sound in pairs],
+                       {"threshold": round(threshold, 2)})
+    report["server"] = {"audio_to_frame_ms": runtime.sessions["demo"].delay_frames * 40.0}
+    return report
+
+
 def summarize(name: str, rows: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     report: dict[str, Any] = {"benchmark": name, "trials": len(rows), **extra}
     for key in rows[0] if rows else []:
@@ -207,7 +275,7 @@ def summarize(name: str, rows: list[dict[str, float]], extra: dict[str, Any]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=["latency", "interrupt", "viewers", "drift"])
+    parser.add_argument("benchmark", choices=["latency", "interrupt", "viewers", "drift", "egress"])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--viewers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -215,6 +283,12 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--avatar")
     args = parser.parse_args()
+    if args.benchmark == "egress":
+        report = asyncio.run(egress(args.trials))
+        report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+        report["date"] = time.strftime("%Y-%m-%d")
+        print(json.dumps(report, indent=1))
+        return
     command = ["serve", "--model", args.model, "--avatar", args.avatar] if args.model else ["demo"]
     with ServerProcess(*command, "--port", "0", "--pose", "still", "-q") as server:
         pack = Path(args.avatar) if args.avatar else _demo_pack()
