@@ -176,7 +176,9 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
                                 zip(found.landmarks, has_face, strict=True)])
         scale = float(np.median(found.interocular[has_face]))
         anchors = smooth_track(raw_anchors, has_face, found.cuts, VIDEO_FPS, scale)
-        flags = _flags(found, has_face, raw_anchors, anchors, config)
+        mouth = np.array([mouth_opening(p) if ok else 0.0 for p, ok in zip(found.landmarks, has_face, strict=True)],
+                         np.float32)
+        flags = _flags(found, has_face, mouth, raw_anchors, anchors, config)
         valid = flags == 0
         holdout = holdout_block(frame_count, config)
         usable = int(valid[: holdout[0]].sum())
@@ -185,8 +187,6 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
                 f"{video} has {usable / VIDEO_FPS:.1f} s of usable footage before the holdout block "
                 f"({_rejections_text(flags)}); at least {config.min_usable_s:.1f} s is needed"
             )
-        mouth = np.array([mouth_opening(p) if ok else 0.0 for p, ok in zip(found.landmarks, has_face, strict=True)],
-                         np.float32)
         blink = np.array([quality.eye_openness(p) if ok else np.nan for p, ok in
                           zip(found.landmarks, has_face, strict=True)], np.float32)
         speech, level = quality.speech_frames(audio_16k, frame_count, FEATURE_RATE_HZ // VIDEO_FPS)
@@ -262,7 +262,7 @@ def _choose_reference(train: np.ndarray, mouth: np.ndarray, pose: np.ndarray) ->
     return int(frontal[np.argsort(mouth[frontal])[int(0.75 * (frontal.size - 1))]])
 
 
-def _flags(found: _Pass1, has_face: np.ndarray, raw_anchors: np.ndarray, anchors: np.ndarray,
+def _flags(found: _Pass1, has_face: np.ndarray, mouth: np.ndarray, raw_anchors: np.ndarray, anchors: np.ndarray,
            config: EnrollConfig) -> np.ndarray:
     """Each frame's rejection reasons as a bit mask (see ``quality.FLAG_REASONS``)."""
     bits = quality.FLAG_BITS
@@ -282,8 +282,7 @@ def _flags(found: _Pass1, has_face: np.ndarray, raw_anchors: np.ndarray, anchors
     flags[face[extreme]] |= bits["extreme_pose"]
     blurred = found.sharpness[face] < quality.robust_low(found.sharpness[face], config.blur_ratio)
     flags[face[blurred]] |= bits["motion_blur"]
-    mouth = np.array([mouth_opening(points) for points in found.landmarks[face]])
-    covered = quality.occluded_mouths(found.mouth_patches[face], mouth, spread=config.occlusion_spread,
+    covered = quality.occluded_mouths(found.mouth_patches[face], mouth[face], spread=config.occlusion_spread,
                                       ratio=config.occlusion_ratio)
     flags[face[covered]] |= bits["occluded_mouth"]
     interocular = np.maximum(found.interocular[face], 1e-6)

@@ -21,13 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from avatar.audio import PLAYBACK_RATE_HZ
-from avatar.video_io import iter_frames, read_audio
+from avatar.video_io import VideoWriter, iter_frames, read_audio
 
 TWINCAST = str(Path(sys.executable).with_name("twincast"))
 TEXT = ("Welcome back to the stream. Today we are looking at a jacket that folds into its own pocket. "
@@ -44,33 +43,15 @@ def make_footage(out: Path, scratch: Path, *, minutes: float, height: int, fps: 
     width = height * 16 // 9
     width -= width % 2
     count = int(minutes * 60 * fps)
-    with av.open(str(out), mode="w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"crf": "20", "preset": "ultrafast"}
-        sound = container.add_stream("aac", rate=PLAYBACK_RATE_HZ, layout="mono")
-        canvas = np.full((height, width, 3), 70, np.uint8)
-        left = (width - height) // 2
+    looped = np.resize(audio, count * PLAYBACK_RATE_HZ // fps).astype(np.float32)
+    per_frame = PLAYBACK_RATE_HZ // fps
+    canvas = np.full((height, width, 3), 70, np.uint8)
+    left = (width - height) // 2
+    with VideoWriter(out, width=width, height=height, fps=fps, crf=20) as writer:
         for index in tqdm(range(count), desc="bench: footage", unit="frame"):
             source = frames[round(index * 25 / fps) % len(frames)]
             canvas[:, left : left + height] = cv2.resize(source, (height, height), interpolation=cv2.INTER_LINEAR)
-            frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
-            frame.pts = index
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode(None):
-            container.mux(packet)
-        total = int(minutes * 60 * PLAYBACK_RATE_HZ)
-        looped = np.resize(audio, total).astype(np.float32)
-        for start in range(0, total, 1024):
-            chunk = looped[start : start + 1024].reshape(1, -1)
-            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout="mono")
-            aframe.sample_rate = PLAYBACK_RATE_HZ
-            aframe.pts = start
-            for packet in sound.encode(aframe):
-                container.mux(packet)
-        for packet in sound.encode(None):
-            container.mux(packet)
+            writer.write(canvas, looped[index * per_frame : (index + 1) * per_frame])
 
 
 def _pass_seconds(stderr: str, name: str) -> float | None:

@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 
 from avatar.speech import synthesize
-from stream.whep_client import ReceivedMedia, pull
+from stream.whep_client import ReceivedMedia, drain, pull
 from tests.helpers import AUTH, ServerProcess, crop_box
 
 ONSET_DBFS = -35.0
@@ -56,12 +56,21 @@ def audio_onsets(media: ReceivedMedia, after: float) -> list[float]:
     return onsets
 
 
+def mouth_box(pack: Path) -> tuple[slice, slice]:
+    """Rows and columns of the mouth in the pack's full frames."""
+    return crop_box(pack, (0.62, 0.9), (0.3, 0.7))
+
+
 def mouth_series(media: ReceivedMedia, pack: Path) -> np.ndarray:
     """Mean absolute difference of each received frame's mouth box from the median of the first 10 frames."""
-    rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))
-    boxes = np.stack([frame[rows, cols].astype(np.float32) for frame in media.video])
-    idle = np.median(boxes[:10], axis=0)
-    return np.abs(boxes - idle).mean(axis=(1, 2, 3))
+    rows, cols = mouth_box(pack)
+    return mouth_changes([frame[rows, cols] for frame in media.video])
+
+
+def mouth_changes(boxes: list[np.ndarray]) -> np.ndarray:
+    """Mean absolute difference of each mouth box from the median of the first 10."""
+    stack = np.stack(boxes).astype(np.float32)
+    return np.abs(stack - np.median(stack[:10], axis=0)).mean(axis=(1, 2, 3))
 
 
 def first_crossing(times: np.ndarray, values: np.ndarray, threshold: float, after: float) -> float | None:
@@ -183,12 +192,10 @@ async def drift(server: ServerProcess, pack: Path, minutes: float) -> dict[str, 
             pushes.append(await push_speech(server.url, pcm, rate))
             await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - pushes[-1])))
 
-    rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))  # keep only the mouth box: 30 min of frames fit
+    rows, cols = mouth_box(pack)  # keep only the mouth box: 30 min of frames fit
     media = await pull(server.url, 1.0, keep_video=10**7, during=speak_every_ten_seconds,
                        reduce=lambda rgb: rgb[rows, cols].copy())
-    boxes = np.stack(media.video).astype(np.float32)
-    series = np.abs(boxes - np.median(boxes[:10], axis=0)).mean(axis=(1, 2, 3))
-    pairs, _ = onset_pairs(media, np.array(media.video_arrival_s), series, pushes)
+    pairs, _ = onset_pairs(media, np.array(media.video_arrival_s), mouth_changes(media.video), pushes)
     offsets = [1000 * (mouth - sound) for _, mouth, sound in pairs]
     head, tail = offsets[: max(1, len(offsets) // 10)], offsets[-max(1, len(offsets) // 10):]
     return {"benchmark": "drift", "minutes": minutes, "utterances": len(pushes), "measured": len(offsets),
@@ -220,27 +227,15 @@ async def egress(trials: int) -> dict[str, Any]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
-    rows, cols = crop_box(pack, (0.62, 0.9), (0.3, 0.7))
+    rows, cols = mouth_box(pack)
     media = ReceivedMedia()
     video = runtime.relay.subscribe(runtime.video_sources["demo"], buffered=False)
     audio = TwinAudioTrack(runtime.sessions["demo"])
-
-    async def read_video() -> None:
-        while True:
-            frame = await video.recv()
-            media.video_arrival_s.append(time.monotonic())
-            media.video.append(frame.to_ndarray(format="rgb24")[rows, cols].copy())
-
-    async def read_audio() -> None:
-        while True:
-            frame = await audio.recv()
-            media.audio_arrival_s.append(time.monotonic())
-            media.audio_blocks.append(frame.to_ndarray().reshape(-1).astype(np.int16))
-
     pcm, rate = speech_pcm("Papa bought a big bag of apples.")
     pcm = trim_leading_silence(pcm)
     pushes: list[float] = []
-    readers = [asyncio.ensure_future(read_video()), asyncio.ensure_future(read_audio())]
+    readers = [asyncio.ensure_future(drain(video, media, reduce=lambda rgb: rgb[rows, cols].copy())),
+               asyncio.ensure_future(drain(audio, media))]
     try:
         await asyncio.sleep(2.5)
         for _ in range(trials):
@@ -252,10 +247,7 @@ async def egress(trials: int) -> dict[str, Any]:
         await runner.cleanup()
     times = np.array(media.video_arrival_s)
     settled = times >= times[0] + 1.0  # the first second holds the start-up frames
-    media.video = [box for box, keep in zip(media.video, settled, strict=True) if keep]
-    media.video_arrival_s = list(times[settled])
-    boxes = np.stack(media.video).astype(np.float32)
-    series = np.abs(boxes - np.median(boxes[:10], axis=0)).mean(axis=(1, 2, 3))
+    series = mouth_changes([box for box, keep in zip(media.video, settled, strict=True) if keep])
     pairs, threshold = onset_pairs(media, times[settled], series, pushes)
     report = summarize("egress", [{"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
                                    "av_offset_ms": 1000 * (mouth - sound)} for pushed, mouth, sound in pairs],

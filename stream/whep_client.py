@@ -44,8 +44,9 @@ class ReceivedMedia:
         return self.audio.shape[0] / self.audio_rate_hz if self.audio_rate_hz else 0.0
 
 
-async def _drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int,
-                 reduce: Callable[[np.ndarray], np.ndarray] | None) -> None:
+async def drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int = 10_000,
+                reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    """Receive ``track`` into ``media`` (frames with their arrival times) until it ends."""
     while True:
         try:
             frame: Any = await track.recv()
@@ -87,7 +88,7 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
 
     @peer.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.ensure_future(_drain(track, media, keep_video, reduce)))
+        tasks.append(asyncio.ensure_future(drain(track, media, keep_video, reduce)))
 
     peer.addTransceiver("video", direction="recvonly")
     peer.addTransceiver("audio", direction="recvonly")

@@ -58,7 +58,12 @@ def test_clocks_on_one_grid_tick_together() -> None:
 
 def test_real_clock_sleep_returns_at_once_when_late() -> None:
     clock = MediaClock(25)
+    started = clock.now()
     asyncio.run(clock.sleep_until(clock.deadline(-5)))
+    assert clock.now() - started < 0.1  # a past deadline does not wait (a wait would be ≥ 0.2 s late)
+    woke = clock.now()
+    asyncio.run(clock.sleep_until(woke + 0.05))
+    assert clock.now() - woke >= 0.049  # and a future one does
 
 
 def test_loop_pose_ping_pongs_without_a_jump() -> None:
