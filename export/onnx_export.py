@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from avatar.audio import VIDEO_FPS, MelSpec
 from export.spec import INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, TensorSpec, TwinSpec, sidecar_path
-from model.checkpoint import ROLE_FILES, available_roles, load_checkpoint, resolve_checkpoint
+from model.checkpoint import RENDERER_ROLES, available_roles, load_checkpoint, resolve_checkpoint
 from model.flow import sample
 from model.networks import TwinDenoiser
 from twincast.errors import ArtifactMismatchError, InputError, NotFoundError
@@ -27,7 +27,9 @@ WEIGHTS_FILE_SUFFIX = ".pt"
 class TwinRenderer(nn.Module):
     """The sampler unrolled over a fixed number of steps: (masked crop, reference, mel, noise) → face crop.
 
-    Images are (B, 3, crop, crop) float32 in [-1, 1]; mel is (B, 80, 16); the output is clamped to [-1, 1].
+    Images are (B, 3, crop, crop) float32 in [-1, 1]; mel is (B, 80, 16); noise has the model's
+    ``noise_shape`` (the crop's, or the latents' for latent models, whose decoder ends the graph); the output
+    is clamped to [-1, 1].
     """
 
     def __init__(self, denoiser: TwinDenoiser, steps: int) -> None:
@@ -41,7 +43,7 @@ class TwinRenderer(nn.Module):
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             return self.denoiser.denoise(x, t, condition)
 
-        return sample(denoise, noise, self.steps).clamp(-1.0, 1.0)
+        return self.denoiser.finish(sample(denoise, noise, self.steps), condition).clamp(-1.0, 1.0)
 
 
 class HalfRenderer(nn.Module):
@@ -71,15 +73,16 @@ class ExportResult:
     max_abs_error: float
 
 
-def example_inputs(crop_px: int, mel_bins: int, mel_frames: int, batch: int, seed: int = 0) -> dict[str, Tensor]:
+def example_inputs(denoiser: TwinDenoiser, batch: int, seed: int = 0) -> dict[str, Tensor]:
     """Plausible random inputs for tracing and parity checks."""
+    config = denoiser.config
     generator = torch.Generator().manual_seed(seed)
-    image = (torch.rand(batch, 3, crop_px, crop_px, generator=generator) * 2 - 1)
+    image = (torch.rand(batch, 3, config.crop_px, config.crop_px, generator=generator) * 2 - 1)
     return {
         "masked_crop": image,
         "reference": image.flip(0),
-        "mel": torch.randn(batch, mel_bins, mel_frames, generator=generator) * 0.5 - 0.5,
-        "noise": torch.randn(batch, 3, crop_px, crop_px, generator=generator),
+        "mel": torch.randn(batch, config.mel_bins, config.mel_frames, generator=generator) * 0.5 - 0.5,
+        "noise": torch.randn(denoiser.noise_shape(batch), generator=generator),
     }
 
 
@@ -107,8 +110,8 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
         raise InputError(f"--out {out} must end in .onnx")
     if opset < 17:
         raise InputError(f"opset {opset} is too old; twincast exports opset ≥ 17")
-    if variant not in ("auto", *ROLE_FILES):
-        raise InputError(f"--variant {variant!r} must be auto or one of {sorted(ROLE_FILES)}")
+    if variant not in ("auto", *RENDERER_ROLES):
+        raise InputError(f"--variant {variant!r} must be auto or one of {sorted(RENDERER_ROLES)}")
     role = choose_variant(run, variant)
     checkpoint = load_checkpoint(run, role)
     config = checkpoint.model
@@ -117,9 +120,10 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
         raise InputError(f"--steps {steps} must be in 1..50")
     if "mel" not in checkpoint.pack:
         raise InputError(f"{run} was trained before checkpoints recorded their audio features; retrain it")
-    reference = TwinRenderer(checkpoint.build(), steps).eval()
+    denoiser = checkpoint.build()
+    reference = TwinRenderer(denoiser, steps).eval()
     renderer = build_renderer(checkpoint.build(), steps, precision)
-    inputs = example_inputs(config.crop_px, config.mel_bins, config.mel_frames, batch=2)
+    inputs = example_inputs(denoiser, batch=2)
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,7 +134,7 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
             )
         graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp)), check_type=True, strict_mode=True)
         onnx.checker.check_model(graph, full_check=True)
-        max_error = check_parity(reference, tmp, config.crop_px, config.mel_bins, config.mel_frames)
+        max_error = check_parity(reference, tmp)
         if max_error > TOLERANCE[precision]:
             raise ArtifactMismatchError(
                 f"ONNX Runtime ({precision}) differs from PyTorch fp32 by {max_error:.2e} "
@@ -140,13 +144,14 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
     with atomic_path(weights) as tmp_weights:
         shutil.copyfile(resolve_checkpoint(run, role), tmp_weights)
     image_shape: tuple[int | str, ...] = ("batch", 3, config.crop_px, config.crop_px)
+    noise_shape: tuple[int | str, ...] = ("batch", *denoiser.noise_shape(1)[1:])
     spec = TwinSpec(
         spec_version=SPEC_VERSION,
         inputs=(
             TensorSpec("masked_crop", image_shape, "float32"),
             TensorSpec("reference", image_shape, "float32"),
             TensorSpec("mel", ("batch", config.mel_bins, config.mel_frames), "float32"),
-            TensorSpec("noise", image_shape, "float32"),
+            TensorSpec("noise", noise_shape, "float32"),
         ),
         outputs=(TensorSpec("face", image_shape, "float32"),),
         steps=steps, crop_px=config.crop_px, mask_top=config.mask_top, fps=VIDEO_FPS, precision=precision,
@@ -161,11 +166,11 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
     return ExportResult(onnx=out, sidecar=sidecar, weights=weights, max_abs_error=max_error)
 
 
-def check_parity(renderer: nn.Module, onnx_path: Path, crop_px: int, mel_bins: int, mel_frames: int) -> float:
+def check_parity(renderer: TwinRenderer, onnx_path: Path) -> float:
     """Largest absolute difference between ONNX Runtime and PyTorch on a batch of 3 random inputs."""
     import onnxruntime as ort
 
-    inputs = example_inputs(crop_px, mel_bins, mel_frames, batch=3, seed=1)
+    inputs = example_inputs(renderer.denoiser, batch=3, seed=1)
     with torch.inference_mode():
         expected = renderer(*(inputs[name] for name in INPUT_NAMES)).numpy()
     options = ort.SessionOptions()

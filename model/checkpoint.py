@@ -20,7 +20,9 @@ from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
-ROLE_FILES = {"teacher": CHECKPOINT_FILE, "student": "student.pt", "baseline": "baseline.pt"}
+ROLE_FILES = {"teacher": CHECKPOINT_FILE, "student": "student.pt", "baseline": "baseline.pt",
+              "autoencoder": "autoencoder.pt"}
+RENDERER_ROLES = ("teacher", "student", "baseline")
 
 
 def resume_file(role: str) -> str:
@@ -107,6 +109,7 @@ def load_checkpoint(path: Path, role: str = "teacher") -> Checkpoint:
         raise InputError(f"{file} is not a twincast checkpoint of format version {FORMAT_VERSION}")
     model_fields = dict(payload["model"])
     model_fields["channels"] = tuple(model_fields["channels"])
+    model_fields["ae_channels"] = tuple(model_fields.get("ae_channels", ()))
     train_fields = {key: value for key, value in payload["train"].items() if key in TrainConfig.__dataclass_fields__}
     weights = {key: value.float() if value.is_floating_point() else value
                for key, value in payload["state_dict"].items()}
@@ -122,5 +125,5 @@ def load_checkpoint(path: Path, role: str = "teacher") -> Checkpoint:
 
 
 def available_roles(run: Path) -> list[str]:
-    """The roles present in a run directory, in the order teacher, student, baseline."""
-    return [role for role, name in ROLE_FILES.items() if (run / name).is_file()]
+    """The renderer roles present in a run directory, in the order teacher, student, baseline."""
+    return [role for role in RENDERER_ROLES if (run / ROLE_FILES[role]).is_file()]

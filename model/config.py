@@ -14,9 +14,12 @@ OBJECTIVES = ("flow", "regression")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the renderer: a UNet over patchified pixels, conditioned on masked crop, reference and audio.
+    """Shape of the renderer: a UNet conditioned on masked crop, reference and audio.
 
-    ``crop_px`` and ``mask_top`` come from the avatar pack at training time.
+    With ``latent_channels`` 0 the UNet denoises patchified pixels (``patch_px``² patches); otherwise it
+    denoises the latents of a per-person autoencoder (``latent_channels`` × crop/patch_px², widths
+    ``ae_channels``, one downsampling per width) whose decoder is part of the renderer. ``crop_px`` and
+    ``mask_top`` come from the avatar pack at training time.
     """
 
     preset: str = "tiny"
@@ -32,6 +35,8 @@ class ModelConfig:
     mel_bins: int = 80
     mel_frames: int = 16
     sample_steps: int = 2
+    latent_channels: int = 0
+    ae_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.channels or any(c <= 0 or c % self.groups for c in self.channels):
@@ -46,6 +51,18 @@ class ModelConfig:
             raise InputError(f"model mask_top {self.mask_top} must be in 0.3..0.8")
         if self.sample_steps < 1:
             raise InputError(f"model sample_steps {self.sample_steps} must be ≥ 1")
+        if self.latent_channels < 0:
+            raise InputError(f"model latent_channels {self.latent_channels} must be ≥ 0 (0 = pixel space)")
+        if self.latent_channels and 2 ** len(self.ae_channels) != self.patch_px:
+            raise InputError(f"model ae_channels {self.ae_channels} must have log2(patch_px = {self.patch_px}) "
+                             "entries: the autoencoder downsamples once per width to the UNet's resolution")
+        if any(c <= 0 or c % 8 for c in self.ae_channels):
+            raise InputError(f"model ae_channels {self.ae_channels} must be positive multiples of 8")
+
+    @property
+    def latent(self) -> bool:
+        """Whether the UNet works on autoencoder latents (rather than patchified pixels)."""
+        return self.latent_channels > 0
 
     @property
     def latent_px(self) -> int:
@@ -68,6 +85,8 @@ class TrainConfig:
     time_mean: float = -0.8  # logit-normal t sampling, skewed toward noise (JiT, Li & He 2025, sec. 4)
     time_std: float = 0.8
     checkpoint_every: int = 0
+    autoencoder_steps: int = 2000  # `twincast train-ae`, for latent models
+    autoencoder_learning_rate: float = 1e-3
     seed: int = 0
     threads: int = 0  # 0 = all cores
 
@@ -95,6 +114,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Trains in seconds on a CPU; for tests.
     "tiny": Preset(ModelConfig(preset="tiny"), TrainConfig()),
+    # `base`'s latent design at `tiny` width; for tests.
+    "tiny-latent": Preset(ModelConfig(preset="tiny-latent", latent_channels=4, ae_channels=(8, 16)),
+                          TrainConfig(autoencoder_steps=60)),
     # Small enough to render live on two CPU cores with ONNX Runtime.
     "demo": Preset(
         ModelConfig(preset="demo", crop_px=128, patch_px=8, channels=(64, 96, 128), blocks_per_level=1,
@@ -102,12 +124,13 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(steps=6000, batch_size=16, learning_rate=1e-3, warmup_steps=200, ema_decay=0.999,
                     checkpoint_every=500),
     ),
-    # For a GPU: 256² crops, tens of millions of parameters.
+    # For a GPU: 256² crops, a UNet of tens of millions of parameters over 8 × 32² autoencoder latents.
     "base": Preset(
         ModelConfig(preset="base", crop_px=256, patch_px=8, channels=(128, 256, 512, 512), blocks_per_level=2,
-                    attention=True, audio_dim=256, time_dim=256, groups=32),
+                    attention=True, audio_dim=256, time_dim=256, groups=32, latent_channels=8,
+                    ae_channels=(32, 64, 128)),
         TrainConfig(steps=40000, batch_size=64, learning_rate=3e-4, warmup_steps=1000, ema_decay=0.9995,
-                    checkpoint_every=2000),
+                    checkpoint_every=2000, autoencoder_steps=6000),
     ),
 }
 

@@ -64,7 +64,8 @@ class DistillConfig:
             raise InputError(f"distill ema_decay {self.ema_decay} must be in [0, 1)")
 
 
-DISTILL_PRESETS = {"tiny": DistillConfig(steps=60, batch_size=8, learning_rate=5e-4, intervals=8, ema_decay=0.0),
+TINY_DISTILL = DistillConfig(steps=60, batch_size=8, learning_rate=5e-4, intervals=8, ema_decay=0.0)
+DISTILL_PRESETS = {"tiny": TINY_DISTILL, "tiny-latent": TINY_DISTILL,
                    "demo": DistillConfig(), "base": DistillConfig(steps=20000, batch_size=64, learning_rate=5e-5)}
 
 
@@ -128,9 +129,12 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
     generator = torch.Generator().manual_seed(config.seed)
     teacher = teacher_checkpoint.build().to(device).requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
+    if student.autoencoder is not None:  # the person's autoencoder stays as trained
+        student.autoencoder.requires_grad_(False)
     ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
     target_network = copy.deepcopy(student).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(student.trainable(), lr=config.learning_rate, weight_decay=0.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     sampler = PackSampler(pack)
     losses: list[float] = []
     started = time.monotonic()
@@ -142,19 +146,22 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
         index = torch.randint(config.intervals, (size,), generator=generator)
         t = (index.float() / config.intervals).to(device)
         t_next = ((index + 1).float() / config.intervals).to(device)
-        noise = torch.randn(target.shape, generator=generator).to(device)
-        x_t = interpolate(target, noise, t)
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
+            clean = teacher.to_space(target).float()
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        x_t = interpolate(clean, noise, t)
+        with torch.no_grad(), autocast:
             teacher_condition = teacher.condition(target, reference, mel)
-            x_next = teacher_step(teacher, teacher_condition, x_t, t, t_next)
+            x_next = teacher_step(teacher, teacher_condition, x_t, t, t_next).float()
             consistent = target_network.denoise(x_next, t_next, target_network.condition(target, reference, mel))
             boundary = (t_next >= 1).view(-1, 1, 1, 1)
-            goal = torch.where(boundary, x_next, consistent)
-        predicted = student(x_t, t, target, reference, mel)
-        loss = pseudo_huber(predicted, goal, student.mask)
+            goal = torch.where(boundary, x_next, consistent.float())
+        with autocast:
+            predicted = student(x_t, t, target, reference, mel)
+        loss = pseudo_huber(predicted.float(), goal, student.loss_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
         optimizer.step()
         update_ema(target_network, student, config.target_decay)
         if ema is not None:

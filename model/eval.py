@@ -21,9 +21,7 @@ import torch
 from tqdm import tqdm
 
 from avatar.audio import PLAYBACK_RATE_HZ, PLAYBACK_SAMPLES_PER_FRAME
-from avatar.landmarks import FaceLandmarker, mouth_opening
 from avatar.pack import AvatarPack
-from avatar.video_io import VideoWriter
 from model.checkpoint import available_roles, load_checkpoint
 from model.flow import sample
 from model.metrics import lagged_correlation, mouth_box, psnr, sharpness_ratio, ssim
@@ -52,7 +50,6 @@ class EvalInputs:
     masked: torch.Tensor  # (N, 3, C, C) in [-1, 1]
     reference: torch.Tensor  # (1, 3, C, C)
     mel: torch.Tensor  # (N, 80, 16)
-    noise: torch.Tensor  # (1, 3, C, C)
     audio: np.ndarray  # float32 playback audio of the block
 
 
@@ -69,39 +66,40 @@ def load_holdout(pack: AvatarPack, limit: int | None = None) -> EvalInputs:
     def to_model(images: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
-    size = pack.meta.crop_px
     start, end = int(indices[0]), int(indices[-1]) + 1
     audio = np.asarray(pack.array("audio_48k")[start * PLAYBACK_SAMPLES_PER_FRAME: end * PLAYBACK_SAMPLES_PER_FRAME])
     return EvalInputs(
         indices=indices, truth=truth, masked=to_model(truth), reference=to_model(pack.reference_crop()[None]),
         mel=torch.from_numpy(np.asarray(pack.array("mel")[indices], np.float32)),
-        noise=torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),
         audio=audio.astype(np.float32) / 32767.0,
     )
 
 
 def render(network: TwinDenoiser, inputs: EvalInputs, steps: int, batch: int = 16) -> np.ndarray:
-    """Render every holdout frame with ``steps`` sampler steps; returns (N, C, C, 3) uint8."""
+    """Render every holdout frame with ``steps`` sampler steps and one fixed noise; returns (N, C, C, 3) uint8."""
     frames = []
+    device = next(network.parameters()).device
+    noise = torch.randn(network.noise_shape(1), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
         for first in range(0, len(inputs.indices), batch):
-            masked = inputs.masked[first:first + batch]
+            masked = inputs.masked[first:first + batch].to(device)
             count = masked.shape[0]
-            condition = network.condition(masked, inputs.reference.expand(count, -1, -1, -1),
-                                          inputs.mel[first:first + batch])
+            condition = network.condition(masked, inputs.reference.to(device).expand(count, -1, -1, -1),
+                                          inputs.mel[first:first + batch].to(device))
 
             def denoise(x: torch.Tensor, t: torch.Tensor, condition: Any = condition) -> torch.Tensor:
                 return network.denoise(x, t, condition)
 
-            faces = sample(denoise, inputs.noise.expand(count, -1, -1, -1), steps).clamp(-1, 1)
-            frames.append(((faces.permute(0, 2, 3, 1) + 1) * 127.5 + 0.5).clamp(0, 255).byte().numpy())
+            final = sample(denoise, noise.expand(count, -1, -1, -1), steps)
+            faces = network.finish(final, condition).float().clamp(-1, 1)
+            frames.append(((faces.permute(0, 2, 3, 1) + 1) * 127.5 + 0.5).clamp(0, 255).byte().cpu().numpy())
     return np.concatenate(frames)
 
 
 def time_per_frame(network: TwinDenoiser, inputs: EvalInputs, steps: int) -> float:
     """Median milliseconds to render one frame at batch 1 (PyTorch, this machine's CPU or GPU)."""
     single = EvalInputs(inputs.indices[:1], inputs.truth[:1], inputs.masked[:1], inputs.reference, inputs.mel[:1],
-                        inputs.noise, inputs.audio)
+                        inputs.audio)
     render(network, single, steps)
     timings = []
     for _ in range(TIMING_FRAMES):
@@ -113,6 +111,8 @@ def time_per_frame(network: TwinDenoiser, inputs: EvalInputs, steps: int) -> flo
 
 def mouth_signal(crops: np.ndarray) -> np.ndarray:
     """Mouth opening measured by FaceMesh on each crop (padded so the detector sees a whole face); NaN if none."""
+    from avatar.landmarks import FaceLandmarker, mouth_opening  # mediapipe: not needed for the image metrics
+
     pad = crops.shape[1] // 2
     values = []
     with FaceLandmarker(video=True) as landmarker:
@@ -123,20 +123,28 @@ def mouth_signal(crops: np.ndarray) -> np.ndarray:
     return np.array(values)
 
 
-def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: np.ndarray) -> dict[str, float]:
-    """All metrics of one variant's renders against the truth."""
+def image_metrics(rendered: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM of the mouth box and the whole crop, and the mouth's sharpness ratio."""
     rows, cols = mouth_box(rendered.shape[1])
-    pairs = list(zip(rendered, inputs.truth, strict=True))
-    sync_corr, sync_lag = lagged_correlation(mouth_signal(rendered), truth_mouth)
+    pairs = list(zip(rendered, truth, strict=True))
     return {
         "psnr_mouth": float(np.mean([psnr(r[rows, cols], t[rows, cols]) for r, t in pairs])),
         "ssim_mouth": float(np.mean([ssim(r[rows, cols], t[rows, cols]) for r, t in pairs])),
         "psnr_face": float(np.mean([psnr(r, t) for r, t in pairs])),
         "ssim_face": float(np.mean([ssim(r, t) for r, t in pairs])),
         "sharpness_ratio": sharpness_ratio([r[rows, cols] for r, _ in pairs], [t[rows, cols] for _, t in pairs]),
-        "sync_corr": sync_corr,
-        "sync_lag_frames": sync_lag,
     }
+
+
+def sync_metrics(rendered: np.ndarray, truth_mouth: np.ndarray) -> dict[str, float]:
+    """Lip sync: correlation of the landmark mouth opening on renders with the truth's, and its lag."""
+    sync_corr, sync_lag = lagged_correlation(mouth_signal(rendered), truth_mouth)
+    return {"sync_corr": sync_corr, "sync_lag_frames": sync_lag}
+
+
+def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: np.ndarray) -> dict[str, float]:
+    """All metrics of one variant's renders against the truth."""
+    return {**image_metrics(rendered, inputs.truth), **sync_metrics(rendered, truth_mouth)}
 
 
 def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = None, video: bool = True,
@@ -184,6 +192,7 @@ def _round(value: float) -> float | int | None:
 
 def write_side_by_side(path: Path, inputs: EvalInputs, renders: dict[str, np.ndarray]) -> Path:
     """truth | teacher | 2-step | 1-step | baseline, labelled, with the holdout audio."""
+    from avatar.video_io import VideoWriter  # PyAV: not needed for the metrics
     columns = [("truth", inputs.truth)] + [(name, renders[name]) for name in SIDE_BY_SIDE if name in renders]
     size = inputs.truth.shape[1]
     label_px = max(14, size // 8)

@@ -1,4 +1,5 @@
-"""The renderer's networks: an audio encoder over log-mel windows and a conditional UNet over patchified pixels.
+"""The renderer's networks: an audio encoder over log-mel windows, a conditional UNet over patchified pixels or
+autoencoder latents, and the per-person autoencoder of latent models.
 
 The UNet predicts the clean crop (x-prediction, as JiT — Li & He 2025, "Back to Basics: Let Denoising
 Generative Models Denoise" — recommends for high-dimensional patches) and composites it with the known upper
@@ -95,14 +96,85 @@ class SelfAttention(nn.Module):
         return x + self.proj(out)
 
 
-class TwinDenoiser(nn.Module):
-    """x-prediction network: (x_t, t, masked crop, reference, mel, audio_keep) → clean crop estimate.
+class ConvBlock(nn.Module):
+    """GroupNorm-SiLU-conv residual block without conditioning (the autoencoder's)."""
 
-    All images are (B, 3, crop, crop) in [-1, 1]. The prediction is composited so rows above ``mask_top``
-    are the masked crop's own pixels.
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        groups = 8
+        self.body = nn.Sequential(
+            nn.GroupNorm(groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(groups, out_channels), nn.SiLU(),
+            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class Autoencoder(nn.Module):
+    """Face crop (B, 3, C, C) in [-1, 1] ⇄ standardised latents (B, latent_channels, C/patch, C/patch).
+
+    One stride-2 downsampling per width in ``ae_channels`` (so 2^levels = patch_px). ``latent_mean`` and
+    ``latent_std`` are set after training (``model.autoencoder.standardise``) and saved with the weights.
+    """
+
+    latent_mean: Tensor
+    latent_std: Tensor
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = config.ae_channels
+        size = config.crop_px // config.patch_px
+        self.latent_shape = (config.latent_channels, size, size)
+        encoder: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        current = widths[0]
+        for width in widths:
+            encoder += [ConvBlock(current, width), nn.Conv2d(width, width, 3, stride=2, padding=1)]
+            current = width
+        encoder += [ConvBlock(current, current), nn.GroupNorm(8, current), nn.SiLU(),
+                    nn.Conv2d(current, config.latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*encoder)
+        decoder: list[nn.Module] = [nn.Conv2d(config.latent_channels, current, 3, padding=1),
+                                    ConvBlock(current, current)]
+        for width in reversed(widths):
+            decoder += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(current, width, 3, padding=1),
+                        ConvBlock(width, width)]
+            current = width
+        decoder += [nn.GroupNorm(8, current), nn.SiLU(), nn.Conv2d(current, 3, 3, padding=1)]
+        self.decoder = nn.Sequential(*decoder)
+        self.register_buffer("latent_mean", torch.zeros(1, config.latent_channels, 1, 1))
+        self.register_buffer("latent_std", torch.ones(1, config.latent_channels, 1, 1))
+
+    def encode_raw(self, images: Tensor) -> Tensor:
+        """Latents before standardisation."""
+        return cast(Tensor, self.encoder(images))
+
+    def decode_raw(self, latents: Tensor) -> Tensor:
+        """Images from latents before standardisation."""
+        return cast(Tensor, self.decoder(latents))
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Standardised latents of ``images``."""
+        return (self.encode_raw(images) - self.latent_mean) / self.latent_std
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images (not clamped) from standardised latents."""
+        return self.decode_raw(latents * self.latent_std + self.latent_mean)
+
+
+class TwinDenoiser(nn.Module):
+    """x-prediction network: (x_t, t, masked crop, reference, mel, audio_keep) → clean estimate of x.
+
+    Images are (B, 3, crop, crop) in [-1, 1]. x lives in the model's *space*: the crop itself (pixel models),
+    or the per-person autoencoder's standardised latents (latent models, ``config.latent``). ``finish`` turns
+    the sampler's last x into the face crop, composited so rows above ``mask_top`` are the masked crop's own
+    pixels (pixel models are composited at every step already).
     """
 
     mask: Tensor
+    loss_mask: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -110,12 +182,17 @@ class TwinDenoiser(nn.Module):
         patch = config.patch_px
         emb_dim = config.time_dim
         self.register_buffer("mask", lower_mask(config.crop_px, config.mask_top), persistent=False)
+        # Where the loss counts in the model's space: the generated rows, or every latent cell touching them.
+        loss_mask = F.max_pool2d(self.mask, patch) if config.latent else self.mask
+        self.register_buffer("loss_mask", loss_mask, persistent=False)
+        self.autoencoder = Autoencoder(config) if config.latent else None
+        x_channels = config.latent_channels if config.latent else 3 * patch * patch
         self.audio = AudioEncoder(config.mel_bins, config.mel_frames, config.audio_dim)
         self.audio_proj = nn.Linear(config.audio_dim, emb_dim)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # The noisy crop and the conditions (masked crop, reference, mask) are embedded separately, so the
         # conditions are encoded once per frame however many sampler steps run.
-        self.x_in = nn.Conv2d(3 * patch * patch, config.channels[0], 3, padding=1)
+        self.x_in = nn.Conv2d(x_channels, config.channels[0], 3, padding=1)
         self.cond_in = nn.Conv2d(7 * patch * patch, config.channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -149,7 +226,7 @@ class TwinDenoiser(nn.Module):
             if level:
                 current = config.channels[level - 1]
         self.norm_out = nn.GroupNorm(config.groups, current)
-        self.conv_out = nn.Conv2d(current, 3 * patch * patch, 3, padding=1)
+        self.conv_out = nn.Conv2d(current, x_channels, 3, padding=1)
 
     def condition(self, masked: Tensor, reference: Tensor, mel: Tensor,
                   audio_keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,7 +242,7 @@ class TwinDenoiser(nn.Module):
     def denoise(self, x_t: Tensor, t: Tensor, condition: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """One x-prediction from a noisy crop and pre-encoded conditions."""
         features, audio, known = condition
-        h = self.x_in(self._patchify(x_t)) + features
+        h = self.x_in(x_t if self.autoencoder is not None else self._patchify(x_t)) + features
         emb = self.time_mlp(timestep_embedding(t, self.config.time_dim).to(x_t.dtype)) + audio
         skips = []
         for blocks, downsample in zip(self.down, self.downsample, strict=True):
@@ -180,12 +257,36 @@ class TwinDenoiser(nn.Module):
                 h = block(h, emb)
             h = upsample(h)
         out = self.conv_out(F.silu(self.norm_out(h)))
+        if self.autoencoder is not None:
+            return cast(Tensor, out)
         predicted = F.pixel_shuffle(out, self.config.patch_px) if self.config.patch_px > 1 else out
         return self.mask * predicted + known
 
     def forward(self, x_t: Tensor, t: Tensor, masked: Tensor, reference: Tensor, mel: Tensor,
                 audio_keep: Tensor | None = None) -> Tensor:
         return self.denoise(x_t, t, self.condition(masked, reference, mel, audio_keep))
+
+    def to_space(self, images: Tensor) -> Tensor:
+        """Crops (B, 3, C, C) → the model's space (themselves, or their standardised latents)."""
+        return images if self.autoencoder is None else self.autoencoder.encode(images)
+
+    def finish(self, x: Tensor, condition: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The sampler's final x → the composited face crop (not clamped)."""
+        if self.autoencoder is None:
+            return x
+        known = condition[2]
+        return self.mask * self.autoencoder.decode(x) + known
+
+    def noise_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """Shape of the sampler's starting noise for ``batch`` frames."""
+        if self.autoencoder is None:
+            return (batch, 3, self.config.crop_px, self.config.crop_px)
+        return (batch, *self.autoencoder.latent_shape)
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters training updates (all but the frozen autoencoder's)."""
+        frozen = {id(p) for p in self.autoencoder.parameters()} if self.autoencoder is not None else set()
+        return [p for p in self.parameters() if id(p) not in frozen]
 
     def _patchify(self, images: Tensor) -> Tensor:
         patch = self.config.patch_px

@@ -82,22 +82,35 @@ def flow_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, generato
     """The teacher's loss on one batch: x-prediction flow matching in velocity space."""
     target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
     size = target.shape[0]
+    with torch.no_grad():
+        clean = network.to_space(target).float()
     t = sample_time(size, config.time_mean, config.time_std, generator).to(device)
-    noise = torch.randn(target.shape, generator=generator).to(device)
+    noise = torch.randn(clean.shape, generator=generator).to(device)
     keep = (torch.rand(size, generator=generator) >= config.audio_dropout).float().to(device)
-    predicted = network(interpolate(target, noise, t), t, target, reference, mel, keep)
-    return velocity_loss(predicted.float(), target, t, network.mask)
+    predicted = network(interpolate(clean, noise, t), t, target, reference, mel, keep)
+    return velocity_loss(predicted.float(), clean, t, network.loss_mask)
 
 
 def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, generator: torch.Generator,
                     device: torch.device) -> Tensor:
-    """The baseline's loss on one batch: L1 to the crop from pure noise at t = 0 (a 1-step renderer)."""
+    """The baseline's loss on one batch: L1 to the crop from pure noise at t = 0 (a 1-step renderer).
+
+    Latent models decode their prediction, so the L1 is on pixels for both kinds.
+    """
     target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
     size = target.shape[0]
-    noise = torch.randn(target.shape, generator=generator).to(device)
-    predicted = network(noise, torch.zeros(size, device=device), target, reference, mel)
+    noise = torch.randn(network.noise_shape(size), generator=generator).to(device)
+    condition = network.condition(target, reference, mel)
+    predicted = network.finish(network.denoise(noise, torch.zeros(size, device=device), condition), condition)
     weight = network.mask
     return ((predicted.float() - target).abs() * weight).sum() / (weight.expand_as(target).sum() + 1e-8)
+
+
+def load_autoencoder(run: Path, config: ModelConfig) -> torch.nn.Module:
+    """The run's trained autoencoder (see ``model.autoencoder.load_autoencoder``)."""
+    from model.autoencoder import load_autoencoder as load
+
+    return load(run, config)
 
 
 def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
@@ -125,9 +138,13 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
     torch.manual_seed(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     sampler = PackSampler(pack)
-    network = TwinDenoiser(model_config).to(device)
+    network = TwinDenoiser(model_config)
+    if network.autoencoder is not None:
+        network.autoencoder.load_state_dict(load_autoencoder(out, model_config).state_dict())
+        network.autoencoder.requires_grad_(False)
+    network = network.to(device)
     ema = copy.deepcopy(network).eval() if train_config.ema_decay > 0 else None
-    optimizer = torch.optim.AdamW(network.parameters(), lr=train_config.learning_rate,
+    optimizer = torch.optim.AdamW(network.trainable(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
     start_step, losses = 0, list[float]()
     if resume:
@@ -150,7 +167,7 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
             raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --learning-rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(network.trainable(), 1.0)
         optimizer.step()
         if ema is not None:
             update_ema(ema, network, train_config.ema_decay)

@@ -102,7 +102,8 @@ class TwinRuntime:
             raise NotFoundError(f"no twin {twin_name!r}; twins: {sorted(self.twins)}")
         twin = self.twins[twin_name]
         rng = np.random.default_rng(self.config.noise_seed)
-        noise = rng.standard_normal((3, twin.crop_px, twin.crop_px)).astype(np.float32)
+        noise_shape = self.engines[twin.engine].input_shape("noise", 1)[1:]  # the crop's, or a latent model's
+        noise = rng.standard_normal(noise_shape).astype(np.float32)
         session = TwinSession(
             session_id, twin, self.worker, MediaClock(twin.mel_spec.fps, grid=self._clock_grid),
             tts=make_tts(self.config.tts, Voice(name=self.config.voice)), pose_mode=self.config.pose,

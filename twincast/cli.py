@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("pack", type=Path)
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--config", "--preset", dest="preset", default="tiny",
-                       help="model size: tiny (tests), demo (CPU live), base (GPU)")
+                       help="model size: tiny (tests), demo (CPU live), base (GPU, latent: train-ae first), "
+                            "tiny-latent (tests)")
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     train.add_argument("--force", action="store_true", help="overwrite an existing run")
     _add_common(train)
+
+    train_ae = commands.add_parser("train-ae", help="avatar pack → the person's autoencoder (latent models: base)")
+    train_ae.add_argument("pack", type=Path)
+    train_ae.add_argument("--out", type=Path, required=True, help="run directory (train the renderer into it next)")
+    train_ae.add_argument("--config", "--preset", dest="preset", default="base",
+                          help="a latent model size: base (GPU) or tiny-latent (tests)")
+    train_ae.add_argument("--steps", type=int)
+    train_ae.add_argument("--batch-size", type=int)
+    train_ae.add_argument("--seed", type=int)
+    train_ae.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    train_ae.add_argument("--force", action="store_true", help="overwrite an existing autoencoder")
+    _add_common(train_ae)
 
     distill = commands.add_parser("distill", help="few-step consistency student from a run's teacher")
     distill.add_argument("run", type=Path)
@@ -187,6 +200,25 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
                    half=args.half, progress=_progress(args))
     print(json.dumps({"run": str(result.run), "role": result.role, "steps": result.steps,
                       "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def cmd_train_ae(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from avatar.pack import AvatarPack
+    from model.autoencoder import train_autoencoder
+    from model.config import TrainConfig, preset
+
+    pack = AvatarPack.load(args.pack)
+    chosen = preset(args.preset, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top)
+    train_config = build_config(TrainConfig, section="train", toml=toml, env=os.environ, base=chosen.train,
+                                overrides={"autoencoder_steps": args.steps, "batch_size": args.batch_size,
+                                           "seed": args.seed})
+    result = train_autoencoder(args.pack, args.out, chosen.model, train_config, force=args.force, half=args.half,
+                               progress=_progress(args))
+    print(json.dumps({"autoencoder": str(result.path), "steps": result.steps,
+                      "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
+                      "holdout_psnr_face": round(result.holdout_psnr_face, 2),
+                      "holdout_psnr_mouth": round(result.holdout_psnr_mouth, 2)}))
     return 0
 
 
@@ -343,6 +375,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
     "synth-footage": cmd_synth,
     "enroll": cmd_enroll,
     "train": cmd_train,
+    "train-ae": cmd_train_ae,
     "distill": cmd_distill,
     "eval": cmd_eval,
     "export": cmd_export,

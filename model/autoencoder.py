@@ -1,0 +1,188 @@
+"""The per-person autoencoder of latent models: face crop ⇄ latents at the UNet's resolution.
+
+Trained first (``twincast train-ae``) on the person's own crops, with nothing downloaded: an L1 loss plus an
+L1 loss on image gradients (keeps teeth and lip edges sharp), weighted toward the generated lower face, and
+Gaussian noise on the latents during training so the decoder tolerates a denoiser's small errors. After
+training the latents are standardised per channel (the statistics are buffers of the module), so flow
+matching sees unit-variance data. The teacher, students and baseline carry a frozen copy; the renderer's
+graph ends in its decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from avatar.pack import AvatarPack
+from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
+from model.config import ModelConfig, TrainConfig
+from model.data import PackSampler, to_unit_range
+from model.metrics import mouth_box, psnr
+from model.networks import Autoencoder, lower_mask
+from twincast.errors import InputError, NotFoundError
+from twincast.files import atomic_write_bytes
+
+REPORT_FILE = "autoencoder.json"
+LATENT_NOISE = 0.1  # std of the noise added to standardised latents while training the decoder
+LOWER_FACE_WEIGHT = 4.0  # loss weight of the generated region relative to the known upper face
+STATS_BATCH = 64
+
+
+@dataclass(frozen=True)
+class AutoencoderResult:
+    """Where the autoencoder was written and how well it reconstructs the holdout block."""
+
+    path: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    holdout_psnr_face: float
+    holdout_psnr_mouth: float
+
+
+def reconstruction_loss(decoded: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted L1 on pixels plus weighted L1 on horizontal and vertical finite differences."""
+    pixel = ((decoded - target).abs() * weight).mean()
+    dx = (decoded.diff(dim=3) - target.diff(dim=3)).abs() * weight[..., :, 1:]
+    dy = (decoded.diff(dim=2) - target.diff(dim=2)).abs() * weight[..., 1:, :]
+    return pixel + dx.mean() + dy.mean()
+
+
+def load_autoencoder(run: Path, config: ModelConfig) -> Autoencoder:
+    """The run's trained autoencoder, checked against the model config that will use it.
+
+    Raises:
+        NotFoundError: the run has no autoencoder (train one with ``twincast train-ae``).
+        InputError: it was trained for another latent shape.
+    """
+    if not (run / ROLE_FILES["autoencoder"]).is_file():
+        raise NotFoundError(f"{run} holds no autoencoder ({ROLE_FILES['autoencoder']}); the {config.preset} model "
+                            f"works in latent space: run `twincast train-ae PACK --config {config.preset} "
+                            f"--out {run}` first")
+    checkpoint = load_checkpoint(run, "autoencoder")
+    shape = (checkpoint.model.crop_px, checkpoint.model.patch_px, checkpoint.model.latent_channels,
+             checkpoint.model.ae_channels)
+    wanted = (config.crop_px, config.patch_px, config.latent_channels, config.ae_channels)
+    if shape != wanted:
+        raise InputError(f"{run}'s autoencoder has crop/patch/latent channels/widths {shape}; the model needs "
+                         f"{wanted}: retrain it with `twincast train-ae --force`")
+    autoencoder = Autoencoder(config)
+    autoencoder.load_state_dict(checkpoint.state_dict)
+    return autoencoder.eval()
+
+
+def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
+                      force: bool = False, half: bool = False, progress: bool = True) -> AutoencoderResult:
+    """Train the person's autoencoder on ``pack_path``; writes ``autoencoder.pt`` and its report into ``out``.
+
+    Raises:
+        InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
+            already holds an autoencoder and ``force`` is false.
+    """
+    from model.train import check_fits, pack_info, pick_device
+
+    if not model_config.latent:
+        raise InputError(f"the {model_config.preset} model works on pixels and needs no autoencoder; "
+                         "train-ae is for latent models such as base")
+    target_file = out / ROLE_FILES["autoencoder"]
+    if target_file.exists() and not force:
+        raise InputError(f"{out} already holds an autoencoder ({target_file.name}); pass --force to overwrite it")
+    pack = AvatarPack.load(pack_path)
+    check_fits(model_config, pack)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(train_config.threads or os.cpu_count() or 1)
+    torch.manual_seed(train_config.seed)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    sampler = PackSampler(pack)
+    autoencoder = Autoencoder(model_config).to(device).train()
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=train_config.autoencoder_learning_rate)
+    mask = lower_mask(model_config.crop_px, model_config.mask_top).to(device)
+    weight = 1 + (LOWER_FACE_WEIGHT - 1) * mask
+    steps = train_config.autoencoder_steps
+    losses: list[float] = []
+    started = time.monotonic()
+    bar = tqdm(range(steps), desc=f"train-ae {model_config.preset}", unit="step", disable=not progress)
+    for step in bar:
+        peak = train_config.autoencoder_learning_rate
+        warm = min(1.0, (step + 1) / max(1, steps // 20))
+        for group in optimizer.param_groups:
+            group["lr"] = peak * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        target = sampler.draw(train_config.batch_size, generator).target.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            latents = autoencoder.encode_raw(target)
+            noisy = latents + LATENT_NOISE * latents.detach().std() * torch.randn_like(latents)
+            loss = reconstruction_loss(autoencoder.decode_raw(noisy).float(), target, weight)
+        if not torch.isfinite(loss):
+            raise InputError(f"autoencoder training diverged at step {step}; lower autoencoder_learning_rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    autoencoder.eval()
+    standardise(autoencoder, sampler.crops[torch.from_numpy(sampler.indices)], device)
+    face, mouth = holdout_psnr(autoencoder, pack, device)
+    seconds = time.monotonic() - started
+    save_checkpoint(target_file, model=model_config, train=train_config, state_dict=autoencoder.state_dict(),
+                    step=steps, pack=pack_info(pack, pack_path), role="autoencoder", half=half)
+    tail = losses[-min(50, len(losses)):] or [math.nan]
+    final_loss = sum(tail) / len(tail)
+    report = {"role": "autoencoder", "preset": model_config.preset, "steps": steps, "seconds": round(seconds, 2),
+              "device": str(device), "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
+              "parameters": sum(p.numel() for p in autoencoder.parameters()),
+              "holdout_psnr_face": round(face, 3), "holdout_psnr_mouth": round(mouth, 3),
+              "latent_shape": list(autoencoder.latent_shape), "model": asdict(model_config)}
+    atomic_write_bytes(out / REPORT_FILE, json.dumps(report, indent=1).encode())
+    return AutoencoderResult(path=target_file, steps=steps, final_loss=final_loss, seconds=seconds,
+                             holdout_psnr_face=face, holdout_psnr_mouth=mouth)
+
+
+@torch.no_grad()
+def standardise(autoencoder: Autoencoder, crops_uint8: Tensor, device: torch.device) -> None:
+    """Set the per-channel latent mean and std from the training crops (all of them, in batches)."""
+    total = torch.zeros(autoencoder.latent_shape[0], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for first in range(0, crops_uint8.shape[0], STATS_BATCH):
+        latents = autoencoder.encode_raw(to_unit_range(crops_uint8[first:first + STATS_BATCH]).to(device))
+        latents = latents.double().cpu()
+        total += latents.sum(dim=(0, 2, 3))
+        squares += (latents ** 2).sum(dim=(0, 2, 3))
+        count += latents.shape[0] * latents.shape[2] * latents.shape[3]
+    mean = total / count
+    std = (squares / count - mean ** 2).clamp(min=1e-8).sqrt()
+    autoencoder.latent_mean.copy_(mean.float().view(1, -1, 1, 1))
+    autoencoder.latent_std.copy_(std.float().view(1, -1, 1, 1))
+
+
+@torch.no_grad()
+def holdout_psnr(autoencoder: Autoencoder, pack: AvatarPack, device: torch.device) -> tuple[float, float]:
+    """Mean PSNR of the reconstructed holdout crops, whole crop and mouth box."""
+    indices = pack.holdout_indices()
+    if indices.size == 0:
+        return math.nan, math.nan
+    crops = np.asarray(pack.array("crops"))[indices]
+    rows, cols = mouth_box(crops.shape[1])
+    faces, mouths = [], []
+    for first in range(0, len(crops), STATS_BATCH):
+        truth = crops[first:first + STATS_BATCH]
+        images = to_unit_range(torch.from_numpy(np.array(truth))).to(device)
+        decoded = autoencoder.decode(autoencoder.encode(images)).clamp(-1, 1)
+        rendered = ((decoded.permute(0, 2, 3, 1) + 1) * 127.5 + 0.5).clamp(0, 255).byte().cpu().numpy()
+        for r, t in zip(rendered, truth, strict=True):
+            faces.append(psnr(r, t))
+            mouths.append(psnr(r[rows, cols], t[rows, cols]))
+    return float(np.mean(faces)), float(np.mean(mouths))
