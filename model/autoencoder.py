@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +87,7 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
         InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
             already holds an autoencoder and ``force`` is false.
     """
-    from model.train import check_fits, pack_info, pick_device
+    from model.train import check_fits, pack_info, seeded_device
 
     if not model_config.latent:
         raise InputError(f"the {model_config.preset} model works on pixels and needs no autoencoder; "
@@ -99,11 +98,7 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
     pack = AvatarPack.load(pack_path)
     check_fits(model_config, pack)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(train_config.threads or os.cpu_count() or 1)
-    torch.manual_seed(train_config.seed)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    device, generator = seeded_device(train_config.threads, train_config.seed)
     sampler = PackSampler(pack)
     autoencoder = Autoencoder(model_config).to(device).train()
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=train_config.autoencoder_learning_rate)

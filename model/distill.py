@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.data import PackSampler
 from model.flow import interpolate
 from model.networks import TwinDenoiser
-from model.train import check_fits, pack_info, pick_device, update_ema
+from model.train import check_fits, pack_info, seeded_device, update_ema
 from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes
 
@@ -122,11 +121,7 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
         raise NotFoundError(f"the teacher's avatar pack {pack_path} is not there; pass --pack")
     pack = AvatarPack.load(pack_path)
     check_fits(teacher_checkpoint.model, pack)
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    device, generator = seeded_device(config.threads, config.seed)
     teacher = teacher_checkpoint.build().to(device).requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     if student.autoencoder is not None:  # the person's autoencoder stays as trained

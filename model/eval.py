@@ -193,6 +193,7 @@ def _round(value: float) -> float | int | None:
 def write_side_by_side(path: Path, inputs: EvalInputs, renders: dict[str, np.ndarray]) -> Path:
     """truth | teacher | 2-step | 1-step | baseline, labelled, with the holdout audio."""
     from avatar.video_io import VideoWriter  # PyAV: not needed for the metrics
+
     columns = [("truth", inputs.truth)] + [(name, renders[name]) for name in SIDE_BY_SIDE if name in renders]
     size = inputs.truth.shape[1]
     label_px = max(14, size // 8)

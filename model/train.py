@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from avatar.pack import AvatarPack
+from model.autoencoder import load_autoencoder
 from model.checkpoint import ROLE_FILES, resume_file, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler
@@ -47,6 +48,15 @@ class TrainResult:
 def pick_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seeded_device(threads: int, seed: int) -> tuple[torch.device, torch.Generator]:
+    """The training device (on CPU with ``threads`` threads, 0 = all cores), torch seeded, and a batch generator."""
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    return device, torch.Generator().manual_seed(seed)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -106,13 +116,6 @@ def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, ge
     return ((predicted.float() - target).abs() * weight).sum() / (weight.expand_as(target).sum() + 1e-8)
 
 
-def load_autoencoder(run: Path, config: ModelConfig) -> torch.nn.Module:
-    """The run's trained autoencoder (see ``model.autoencoder.load_autoencoder``)."""
-    from model.autoencoder import load_autoencoder as load
-
-    return load(run, config)
-
-
 def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
           force: bool = False, resume: bool = False, half: bool = False, progress: bool = True) -> TrainResult:
     """Train on ``pack_path``; writes the role's checkpoint and report into the run directory ``out``.
@@ -132,11 +135,7 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         raise InputError(f"{out} already holds a {role} ({target_file.name}); choose another --out, --resume, "
                          "or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(train_config.threads or os.cpu_count() or 1)
-    torch.manual_seed(train_config.seed)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    device, generator = seeded_device(train_config.threads, train_config.seed)
     sampler = PackSampler(pack)
     network = TwinDenoiser(model_config)
     if network.autoencoder is not None:

@@ -81,13 +81,18 @@ def test_base_structure_trains_and_exports_at_tiny_width(pack: Path, tmp_path: P
     from dataclasses import replace
 
     from export.onnx_export import export_run
+    from export.spec import load_spec
+    from model.autoencoder import train_autoencoder
     from model.config import TrainConfig
     from model.train import train
 
     base = preset("base", crop_px=64, mask_top=0.55).model
-    narrow = replace(base, channels=(16, 16, 32, 32), audio_dim=32, time_dim=32, groups=8)
-    assert (narrow.patch_px, narrow.blocks_per_level, narrow.attention) == (8, 2, True)
-    result = train(pack, tmp_path / "run", narrow, TrainConfig(steps=3, batch_size=2), progress=False)
+    narrow = replace(base, channels=(16, 16, 32, 32), audio_dim=32, time_dim=32, groups=8, ae_channels=(8, 8, 16))
+    assert (narrow.patch_px, narrow.blocks_per_level, narrow.attention, narrow.latent_channels) == (8, 2, True, 8)
+    config = TrainConfig(steps=3, batch_size=2, autoencoder_steps=3)
+    train_autoencoder(pack, tmp_path / "run", narrow, config, progress=False)
+    result = train(pack, tmp_path / "run", narrow, config, progress=False)
     assert result.final_loss == result.final_loss  # finite, not NaN
     exported = export_run(tmp_path / "run", tmp_path / "art" / "twin.onnx")
     assert exported.max_abs_error < 1e-3
+    assert load_spec(exported.onnx).input("noise").shape == ("batch", 8, 8, 8)  # 8 latent channels at 64 / 8
