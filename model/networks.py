@@ -1,9 +1,10 @@
 """The renderer's networks: an audio encoder over log-mel windows, a conditional UNet over patchified pixels or
 autoencoder latents, and the per-person autoencoder of latent models.
 
-The UNet predicts the clean crop (x-prediction, as JiT — Li & He 2025, "Back to Basics: Let Denoising
-Generative Models Denoise" — recommends for high-dimensional patches) and composites it with the known upper
-face, so only the region below ``mask_top`` is ever generated.
+The UNet predicts the clean sample (x-prediction, as JiT — Li & He 2025, "Back to Basics: Let Denoising
+Generative Models Denoise" — recommends for high-dimensional patches); the face crop is composited with the
+known upper face (pixel models at every step, latent models once decoded), so only the region below
+``mask_top`` is ever generated.
 """
 
 from __future__ import annotations
