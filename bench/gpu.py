@@ -34,9 +34,9 @@ from twincast.errors import DependencyError
 TOLERANCE = {"fp32": 2e-3, "fp16": 5e-2}
 
 
-def make_run(root: Path, steps: int) -> Path:
-    """A ``base``-size run with random weights in which every layer contributes."""
-    chosen = preset("base", crop_px=256, mask_top=0.55)
+def make_run(root: Path, steps: int, preset_name: str = "base") -> Path:
+    """A run of the preset (``base`` by default, 256² crop) with random weights in which every layer contributes."""
+    chosen = preset(preset_name, crop_px=256 if preset_name == "base" else None, mask_top=0.55)
     model = replace(chosen.model, sample_steps=steps)
     torch.manual_seed(0)
     network = TwinDenoiser(model)
@@ -44,7 +44,7 @@ def make_run(root: Path, steps: int) -> Path:
         for parameter in network.parameters():
             if parameter.dim() > 1 and float(parameter.abs().max()) == 0.0:
                 parameter.normal_(0.0, 0.02)
-    pack = {"path": "synthetic", "source_sha256": "0" * 64, "crop_px": 256, "mask_top": 0.55, "fps": 25,
+    pack = {"path": "synthetic", "source_sha256": "0" * 64, "crop_px": model.crop_px, "mask_top": 0.55, "fps": 25,
             "mel": {"sample_rate_hz": 16000, "fps": 25, "n_fft": 800, "hop": 200, "n_mels": 80, "window_frames": 16,
                     "fmin_hz": 55.0, "fmax_hz": 7600.0, "lookahead_ms": 20.0}}
     run = root / "run"

@@ -29,6 +29,7 @@ def test_compose_runs_twincast_serve_on_an_nvidia_gpu() -> None:
     assert "network_mode: host" in text  # WebRTC media needs the host's UDP ports
     assert "/data/avatars/shop" in text and "/data/models/shop/twin.onnx" in text
     assert "- serve" in text
+    assert "TWINCAST_SERVE_MAX_BATCH: '16'" in text or "TWINCAST_SERVE_MAX_BATCH: \"16\"" in text
 
 
 def test_compose_refuses_to_start_without_an_operator_token() -> None:
