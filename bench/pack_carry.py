@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,8 +45,13 @@ def load_jpeg(path: Path) -> np.ndarray:
     with np.load(path) as jpeg:
         data, lengths = jpeg["data"], jpeg["lengths"]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    return np.stack([cv2.cvtColor(cv2.imdecode(data[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                     for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+    frames = []
+    for index, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+        bgr = cv2.imdecode(data[a:b], cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"{path}: frame {index} is not a decodable JPEG")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
 
 
 def pack(source: Path, out: Path) -> None:
@@ -54,7 +60,8 @@ def pack(source: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in (META_FILE, BASE_VIDEO):
         shutil.copyfile(source / name, out / name)
-    arrays = {name: np.asarray(avatar.array(name)) for name in ARRAYS if name not in (*LEFT_BEHIND, "crops")}
+    arrays: dict[str, Any] = {name: np.asarray(avatar.array(name)) for name in ARRAYS
+                              if name not in (*LEFT_BEHIND, "crops")}
     np.savez_compressed(out / "arrays.npz", **arrays)
     save_jpeg(out / "crops_jpeg.npz", np.asarray(avatar.array("crops")))
 
