@@ -17,7 +17,7 @@ import torch
 from model.config import TrainConfig, preset
 from model.data import Batch
 from model.networks import TwinDenoiser
-from model.train import flow_step, pick_device
+from model.train import flow_step, mixed_precision, optimise, pick_device
 
 
 def measure(preset_name: str, batch_size: int, steps: int, device: torch.device) -> dict[str, object]:
@@ -36,12 +36,9 @@ def measure(preset_name: str, batch_size: int, steps: int, device: torch.device)
         torch.cuda.reset_peak_memory_stats()
 
     def one() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with mixed_precision(device):
             loss = flow_step(network, batch, train, generator, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
+        optimise(optimizer, loss, network.trainable())
 
     for _ in range(3):
         one()

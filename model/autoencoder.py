@@ -87,7 +87,16 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
         InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
             already holds an autoencoder and ``force`` is false.
     """
-    from model.train import check_fits, pack_info, seeded_device
+    from model.train import (
+        check_fits,
+        mixed_precision,
+        optimise,
+        pack_info,
+        recent_loss,
+        seeded_device,
+        show_loss,
+        warmup_cosine,
+    )
 
     if not model_config.latent:
         raise InputError(f"the {model_config.preset} model works on pixels and needs no autoencoder; "
@@ -109,32 +118,24 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
     started = time.monotonic()
     bar = tqdm(range(steps), desc=f"train-ae {model_config.preset}", unit="step", disable=not progress)
     for step in bar:
-        peak = train_config.autoencoder_learning_rate
-        warm = min(1.0, (step + 1) / max(1, steps // 20))
         for group in optimizer.param_groups:
-            group["lr"] = peak * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), train_config.autoencoder_learning_rate)
         target = sampler.draw(train_config.batch_size, generator).target.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with mixed_precision(device):
             latents = autoencoder.encode_raw(target)
             noisy = latents + LATENT_NOISE * latents.detach().std() * torch.randn_like(latents)
             loss = reconstruction_loss(autoencoder.decode_raw(noisy).float(), target, weight)
         if not torch.isfinite(loss):
             raise InputError(f"autoencoder training diverged at step {step}; lower autoencoder_learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.item()))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        losses.append(optimise(optimizer, loss, list(autoencoder.parameters())))
+        show_loss(bar, step, losses)
     autoencoder.eval()
     standardise(autoencoder, sampler.crops[torch.from_numpy(sampler.indices)], device)
     face, mouth = holdout_psnr(autoencoder, pack, device)
     seconds = time.monotonic() - started
     save_checkpoint(target_file, model=model_config, train=train_config, state_dict=autoencoder.state_dict(),
                     step=steps, pack=pack_info(pack, pack_path), role="autoencoder", half=half)
-    tail = losses[-min(50, len(losses)):] or [math.nan]
-    final_loss = sum(tail) / len(tail)
+    final_loss = recent_loss(losses)
     report = {"role": "autoencoder", "preset": model_config.preset, "steps": steps, "seconds": round(seconds, 2),
               "device": str(device), "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
               "parameters": sum(p.numel() for p in autoencoder.parameters()),

@@ -31,7 +31,16 @@ from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.data import PackSampler
 from model.flow import interpolate
 from model.networks import TwinDenoiser
-from model.train import check_fits, pack_info, seeded_device, update_ema
+from model.train import (
+    check_fits,
+    mixed_precision,
+    optimise,
+    pack_info,
+    recent_loss,
+    seeded_device,
+    show_loss,
+    update_ema,
+)
 from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes
 
@@ -129,7 +138,7 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
     ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
     target_network = copy.deepcopy(student).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(student.trainable(), lr=config.learning_rate, weight_decay=0.0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = mixed_precision(device)
     sampler = PackSampler(pack)
     losses: list[float] = []
     started = time.monotonic()
@@ -154,24 +163,18 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
         with autocast:
             predicted = student(x_t, t, target, reference, mel)
         loss = pseudo_huber(predicted.float(), goal, student.loss_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
-        optimizer.step()
+        losses.append(optimise(optimizer, loss, student.trainable()))
         update_ema(target_network, student, config.target_decay)
         if ema is not None:
             update_ema(ema, student, config.ema_decay)
-        losses.append(float(loss.item()))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        show_loss(bar, step, losses)
     seconds = time.monotonic() - started
     final = (ema or student).eval()
     model_config = replace(teacher_checkpoint.model, sample_steps=config.sample_steps)
     save_checkpoint(out, model=model_config, train=teacher_checkpoint.train, state_dict=final.state_dict(),
                     step=config.steps, pack=pack_info(pack, pack_path), role="student", half=half,
                     extra={"distill": asdict(config), "teacher_step": teacher_checkpoint.step})
-    tail = losses[-min(50, len(losses)):]
-    final_loss = sum(tail) / len(tail)
+    final_loss = recent_loss(losses)
     report = {"role": "student", "steps": config.steps, "seconds": round(seconds, 2), "device": str(device),
               "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
               "distill": asdict(config)}

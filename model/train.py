@@ -59,12 +59,43 @@ def seeded_device(threads: int, seed: int) -> tuple[torch.device, torch.Generato
     return device, torch.Generator().manual_seed(seed)
 
 
+def warmup_cosine(step: int, steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 10% of ``peak`` at ``steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """The renderer's learning rate at ``step`` (``warmup_cosine`` with the config's settings)."""
+    return warmup_cosine(step, config.steps, config.warmup_steps, config.learning_rate)
+
+
+def mixed_precision(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a no-op context elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: Tensor, parameters: list[torch.nn.Parameter]) -> float:
+    """One optimiser step: gradients of ``loss``, clipped to norm 1 over ``parameters``; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    return float(loss.item())
+
+
+def recent_loss(losses: list[float], count: int = 50) -> float:
+    """Mean of the last ``count`` losses (NaN when there are none)."""
+    tail = losses[-count:]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def show_loss(bar: Any, step: int, losses: list[float]) -> None:
+    """Put the recent loss on the progress bar every 10 steps."""
+    if step % 10 == 0:
+        bar.set_postfix(loss=f"{recent_loss(losses):.4f}")
 
 
 def role_of(config: TrainConfig) -> str:
@@ -157,22 +188,14 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, train_config)
         batch = sampler.draw(train_config.batch_size, generator)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = step_loss(network, batch, train_config, generator, device)
-        else:
+        with mixed_precision(device):
             loss = step_loss(network, batch, train_config, generator, device)
         if not torch.isfinite(loss):
             raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --learning-rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.trainable(), 1.0)
-        optimizer.step()
+        losses.append(optimise(optimizer, loss, network.trainable()))
         if ema is not None:
             update_ema(ema, network, train_config.ema_decay)
-        losses.append(float(loss.item()))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        show_loss(bar, step, losses)
         every = train_config.checkpoint_every
         if every and (step + 1) % every == 0 and step + 1 < train_config.steps:
             save_resume(state_file, role, step + 1, network, ema, optimizer, generator, losses)
@@ -182,8 +205,7 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
     save_checkpoint(target_file, model=model_config, train=train_config, state_dict=(ema or network).state_dict(),
                     step=train_config.steps, pack=info, role=role, half=half)
     save_resume(state_file, role, train_config.steps, network, ema, optimizer, generator, losses)
-    tail = losses[-min(50, len(losses)):] or [math.nan]
-    final_loss = sum(tail) / len(tail)
+    final_loss = recent_loss(losses)
     report = {
         "role": role,
         "preset": model_config.preset,
