@@ -25,13 +25,11 @@ import torch
 
 from engines.base import Engine, EngineOptions, create_engine
 from engines.bench import random_inputs, time_engine
-from export.onnx_export import export_run
+from export.onnx_export import TOLERANCE, export_run
 from model.checkpoint import save_checkpoint
 from model.config import preset
 from model.networks import TwinDenoiser
 from twincast.errors import DependencyError
-
-TOLERANCE = {"fp32": 2e-3, "fp16": 5e-2}
 
 
 def make_run(root: Path, steps: int, preset_name: str = "base") -> Path:
@@ -90,6 +88,7 @@ def main() -> None:
         reference = create_engine("torch", exported.onnx, EngineOptions(device="cuda", cuda_graphs=False))
         probe = random_inputs(reference, 4, seed=1)
         expected = reference(probe)
+        reference.close()
         for label, name, options in variants(max(batches), root / "plans"):
             try:
                 engine = create_engine(name, exported.onnx, options)

@@ -28,11 +28,10 @@ import torch
 from avatar.pack import AvatarPack
 from bench.pack_carry import load_jpeg, save_jpeg, unpack
 from model.autoencoder import train_autoencoder
-from model.checkpoint import ROLE_FILES, load_checkpoint
+from model.checkpoint import available_roles, load_checkpoint
 from model.config import preset
 from model.distill import DISTILL_PRESETS, distill
-from model.eval import VARIANTS, image_metrics, load_holdout, render, time_per_frame
-from model.networks import TwinDenoiser
+from model.eval import image_metrics, load_holdout, render, round_metric, time_per_frame, variant_plan
 from model.train import train
 
 
@@ -72,8 +71,7 @@ def run_train(args: argparse.Namespace) -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
     scratch = Path(tempfile.mkdtemp())
     pack_path, run = scratch / "pack", scratch / "run"
-    unpack(args.carried, pack_path)
-    pack = AvatarPack.load(pack_path)
+    pack = unpack(args.carried, pack_path)
     chosen = preset(args.preset, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     report = Report(out / "base_run.json", device=device, torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
@@ -119,17 +117,13 @@ def score_variants(run: Path, pack: AvatarPack, out: Path) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     inputs = load_holdout(pack)
     variants: dict[str, Any] = {}
-    networks: dict[str, TwinDenoiser] = {}
-    for name, (role, steps) in VARIANTS.items():
-        if not (run / ROLE_FILES[role]).is_file():
-            continue
-        if role not in networks:
-            networks[role] = load_checkpoint(run, role).build().to(device)
-        network = networks[role]
-        frames = render(network, inputs, steps)
+    roles = available_roles(run)
+    networks = {role: load_checkpoint(run, role).build().to(device) for role in roles}
+    for name, role, steps in variant_plan(roles)[0]:
+        frames = render(networks[role], inputs, steps)
         save_jpeg(out / f"render_{name}.npz", frames)
-        variants[name] = {key: round(value, 4) for key, value in image_metrics(frames, inputs.truth).items()}
-        variants[name]["ms_per_frame"] = round(time_per_frame(network, inputs, steps), 3)
+        variants[name] = {key: round_metric(value) for key, value in image_metrics(frames, inputs.truth).items()}
+        variants[name]["ms_per_frame"] = round(time_per_frame(networks[role], inputs, steps), 3)
     return {"holdout_frames": int(len(inputs.indices)), "variants": variants}
 
 
@@ -141,14 +135,13 @@ def run_finish(args: argparse.Namespace) -> None:
     report = json.loads((results / "base_run.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
         pack_path = Path(scratch) / "pack"
-        unpack(args.carried, pack_path)
-        inputs = load_holdout(AvatarPack.load(pack_path))
+        inputs = load_holdout(unpack(args.carried, pack_path))
         truth_mouth = mouth_signal(inputs.truth)
         renders = {}
         for name, row in report["phases"]["eval"]["variants"].items():
             renders[name] = load_jpeg(results / f"render_{name}.npz")
             sync = sync_metrics(renders[name], truth_mouth)
-            row.update({key: round(float(value), 4) for key, value in sync.items()})
+            row.update({key: round_metric(value) for key, value in sync.items()})
         if args.video:
             write_side_by_side(args.video, inputs, renders)
     (results / "base_eval.json").write_text(json.dumps(report, indent=1))

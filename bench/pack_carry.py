@@ -66,8 +66,8 @@ def pack(source: Path, out: Path) -> None:
     save_jpeg(out / "crops_jpeg.npz", np.asarray(avatar.array("crops")))
 
 
-def unpack(carried: Path, out: Path) -> None:
-    """Rebuild a loadable pack in ``out`` from the carryable form in ``carried``."""
+def unpack(carried: Path, out: Path) -> AvatarPack:
+    """Rebuild a loadable pack in ``out`` from the carryable form in ``carried``; returns it, validated."""
     out.mkdir(parents=True, exist_ok=True)
     raw = json.loads((carried / META_FILE).read_text())
     for name in (META_FILE, BASE_VIDEO):
@@ -80,7 +80,7 @@ def unpack(carried: Path, out: Path) -> None:
     meta = PackMeta(**{**raw, "holdout": tuple(raw["holdout"]), "base_range": tuple(raw["base_range"])})
     for name in LEFT_BEHIND:
         np.save(out / f"{name}.npy", np.zeros(expected_shape(name, meta), ARRAYS[name][0]))
-    AvatarPack.load(out)  # validates every array
+    return AvatarPack.load(out)  # validates every array
 
 
 def main() -> None:

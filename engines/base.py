@@ -139,7 +139,7 @@ class Engine(ABC):
     def describe(self) -> dict[str, Any]:
         """What this engine is, for logs, stats and the dashboard."""
         return {"engine": self.name, "steps": self.spec.steps, "crop_px": self.spec.crop_px,
-                "precision": self.spec.precision if self.name == "onnxruntime" else self.options.precision,
+                "precision": self.options.precision,
                 "threads": self.options.thread_count, "device": self.options.device,
                 "chosen_because": self.chosen_because, "fallback": self.fallback_reason}
 

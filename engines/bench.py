@@ -53,7 +53,14 @@ def random_inputs(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.nda
 
 
 def time_engine(engine: Engine, batch: int, seconds: float, min_calls: int = 10) -> tuple[list[float], float]:
-    """Warm up, then call the engine repeatedly for ``seconds``; returns call latencies (s) and warm-up (s)."""
+    """Warm up, then call the engine repeatedly for ``seconds``; returns call latencies (s) and warm-up (s).
+
+    On CUDA the device's peak-memory counter starts afresh, so ``memory_mb`` afterwards is this measurement's.
+    """
+    if engine.options.device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     warmup_s = engine.warmup(batch)
     inputs = random_inputs(engine, batch)
     latencies: list[float] = []

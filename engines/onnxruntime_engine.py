@@ -75,7 +75,9 @@ class OnnxRuntimeEngine(Engine):
         return np.asarray(binding.copy_outputs_to_cpu()[0])
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "providers": [p if isinstance(p, str) else p[0] for p in self.providers]}
+        # The graph's precision was fixed at export; options.precision does not apply to it.
+        return {**super().describe(), "precision": self.spec.precision,
+                "providers": [p if isinstance(p, str) else p[0] for p in self.providers]}
 
     def close(self) -> None:
         self._session = None

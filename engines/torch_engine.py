@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engines.base import Engine, EngineOptions
-from export.onnx_export import TwinRenderer
+from export.onnx_export import build_renderer
 from export.spec import TwinSpec
 from model.checkpoint import load_checkpoint
 from twincast.errors import DependencyError
@@ -33,12 +33,11 @@ class TorchEngine(Engine):
         if options.device == "cuda" and not torch.cuda.is_available():
             raise DependencyError("the torch engine was asked for CUDA, but no CUDA device is available")
         self._device = torch.device(options.device)
-        self._dtype = torch.float16 if options.precision == "fp16" else torch.float32
         if options.device == "cpu":
             torch.set_num_threads(options.thread_count)
         checkpoint = load_checkpoint(onnx_path.parent / spec.weights_file)
-        renderer = TwinRenderer(checkpoint.build(), spec.steps).to(self._device).eval()
-        self._renderer = renderer.to(self._dtype)
+        # float32 in and out at both precisions; fp16 casts inside (and so inside each captured graph)
+        self._renderer = build_renderer(checkpoint.build(), spec.steps, options.precision).to(self._device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -48,16 +47,16 @@ class TorchEngine(Engine):
             for buffer, name in zip(static_inputs, self.input_names, strict=True):
                 buffer.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])), non_blocking=True)
             graph.replay()
-            return static_output.float().cpu().numpy()
+            return static_output.cpu().numpy()
         with torch.inference_mode():
-            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self._device, self._dtype)
+            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self._device)
                        for name in self.input_names]
-            return self._renderer(*tensors).float().cpu().numpy()
+            return self._renderer(*tensors).cpu().numpy()
 
     def _graph(self, batch: int) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]:
         """The CUDA graph of ``batch`` (captured on first use, after a few eager runs on a side stream)."""
         if batch not in self._graphs:
-            static_inputs = [torch.zeros(self.input_shape(name, batch), device=self._device, dtype=self._dtype)
+            static_inputs = [torch.zeros(self.input_shape(name, batch), device=self._device)
                              for name in self.input_names]
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())

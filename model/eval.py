@@ -171,20 +171,27 @@ def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = No
                               "holdout": [int(inputs.indices[0]), int(inputs.indices[-1]) + 1],
                               "device": "cpu", "variants": {}, "missing": []}
     renders: dict[str, np.ndarray] = {}
-    chosen = [(name, role, steps) for name, (role, steps) in VARIANTS.items() if role in networks]
-    report["missing"] = [name for name, (role, _) in VARIANTS.items() if role not in networks]
+    chosen, report["missing"] = variant_plan(roles)
     for name, role, steps in tqdm(chosen, desc="eval", unit="variant", disable=not progress):
         renders[name] = render(networks[role], inputs, steps)
         metrics = score(renders[name], inputs, truth_mouth)
         metrics["ms_per_frame"] = time_per_frame(networks[role], inputs, steps)
-        report["variants"][name] = {key: _round(value) for key, value in metrics.items()}
+        report["variants"][name] = {key: round_metric(value) for key, value in metrics.items()}
     if video:
         report["video"] = str(write_side_by_side(run / "eval.mp4", inputs, renders))
     atomic_write_bytes(run / "eval.json", json.dumps(report, indent=1).encode())
     return report
 
 
-def _round(value: float) -> float | int | None:
+def variant_plan(roles: list[str]) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """The variants a run with ``roles`` can render, as (name, role, steps), and the names it cannot."""
+    chosen = [(name, role, steps) for name, (role, steps) in VARIANTS.items() if role in roles]
+    missing = [name for name, (role, _) in VARIANTS.items() if role not in roles]
+    return chosen, missing
+
+
+def round_metric(value: float) -> float | int | None:
+    """A metric for the JSON report: 4 decimals, integers kept, NaN as null."""
     if isinstance(value, int):
         return value
     return None if math.isnan(value) else round(float(value), 4)
