@@ -24,7 +24,7 @@ from avatar.landmarks import FaceLandmarker, mouth_opening
 from avatar.pack import BASE_VIDEO, SCHEMA_VERSION, PackMeta, expected_shape
 from avatar.pose import head_pose
 from avatar.track import CutDetector, SubjectTracker, smooth_track
-from avatar.video_io import VideoInfo, VideoWriter, iter_frames, probe, read_audio
+from avatar.video_io import VideoInfo, VideoWriter, iter_frames, probe, read_audio_rates
 from twincast import __version__
 from twincast.errors import InputError, UnprocessableError
 from twincast.files import atomic_directory, sha256_file
@@ -159,7 +159,7 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
     info = probe(video)
     if info.audio_rate_hz is None:
         raise UnprocessableError(f"{video} has no audio track; enrollment needs the person's speech")
-    audio_16k_raw = read_audio(video, FEATURE_RATE_HZ)
+    audio_16k_raw, audio_48k_raw = read_audio_rates(video, FEATURE_RATE_HZ, PLAYBACK_RATE_HZ)
     with atomic_directory(out, overwrite=force) as tmp:
         found = _first_pass(video, info, config, progress)
         frame_count = found.landmarks.shape[0]
@@ -204,7 +204,7 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
         sheet_frames = report.sheet_indices(frame_count)
         crops, thumbs = _second_pass(video, transforms, base_range, info, tmp / BASE_VIDEO, config.crop_px,
                                      sheet_frames, progress)
-        audio_48k = _fit_audio(read_audio(video, PLAYBACK_RATE_HZ), frame_count, PLAYBACK_RATE_HZ)
+        audio_48k = _fit_audio(audio_48k_raw, frame_count, PLAYBACK_RATE_HZ)
         spec = MelSpec()
         mel = mel_windows(audio_16k, np.arange(frame_count), spec).astype(np.float16)
         arrays = {

@@ -8,6 +8,7 @@ each other's lag) and restarted at every scene cut and every gap in the track.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ class CutDetector:
         self.floor = floor
         self.factor = factor
         self._previous: np.ndarray | None = None
-        self._differences: list[float] = []
+        self._differences: list[float] = []  # kept sorted, for the running median
 
     def update(self, thumbnail: np.ndarray) -> bool:
         """Whether this frame starts a new shot (the first frame does not)."""
@@ -127,9 +128,17 @@ class CutDetector:
         if previous is None:
             return False
         difference = float(np.abs(frame - previous).mean())
-        typical = float(np.median(self._differences)) if self._differences else 0.0
-        self._differences.append(difference)
+        typical = _sorted_median(self._differences)
+        bisect.insort(self._differences, difference)
         return difference >= max(self.floor, self.factor * typical)
+
+
+def _sorted_median(values: list[float]) -> float:
+    """Median of an already sorted list (0 when empty), without re-sorting it each frame."""
+    if not values:
+        return 0.0
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 class OneEuroFilter:

@@ -144,23 +144,32 @@ def read_audio(path: Path, sample_rate_hz: int) -> np.ndarray:
     Raises:
         UnprocessableError: the file has no audio stream or it holds no samples.
     """
+    return read_audio_rates(path, sample_rate_hz)[0]
+
+
+def read_audio_rates(path: Path, *rates_hz: int) -> list[np.ndarray]:
+    """Decode the first audio stream of ``path`` once, to mono float32 at each of ``rates_hz``.
+
+    Raises:
+        UnprocessableError: the file has no audio stream or it holds no samples.
+    """
     with _open(path) as container:
         if not container.streams.audio:
             raise UnprocessableError(f"{path} has no audio track; enrollment needs the person's speech")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate_hz)
-        chunks: list[np.ndarray] = []
+        resamplers = [av.AudioResampler(format="flt", layout="mono", rate=rate) for rate in rates_hz]
+        chunks: list[list[np.ndarray]] = [[] for _ in rates_hz]
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                for resampler, into in zip(resamplers, chunks, strict=True):
+                    into.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            for resampler, into in zip(resamplers, chunks, strict=True):
+                into.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
         except av.error.FFmpegError as exc:
             raise InputError(f"{path}: audio could not be decoded: {exc}") from exc
-    if not chunks:
+    if not chunks[0]:
         raise UnprocessableError(f"{path}: the audio track holds no samples")
-    return np.concatenate(chunks).astype(np.float32)
+    return [np.concatenate(into).astype(np.float32) for into in chunks]
 
 
 class VideoWriter:

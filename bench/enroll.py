@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,14 +81,19 @@ def main() -> None:
         if not footage.is_file():
             make_footage(footage, scratch, minutes=args.minutes, height=args.height, fps=args.fps)
         pack = scratch / "pack"
+        stdout_file, stderr_file = scratch / "enroll.out", scratch / "enroll.err"
         started = time.monotonic()
-        result = subprocess.run([TWINCAST, "enroll", str(footage), "--out", str(pack), "--crop-px",
-                                 str(args.crop_px), "--force", "--report"], capture_output=True, text=True)
+        with stdout_file.open("w") as out, stderr_file.open("w") as err:
+            child = subprocess.Popen([TWINCAST, "enroll", str(footage), "--out", str(pack), "--crop-px",
+                                      str(args.crop_px), "--force", "--report"], stdout=out, stderr=err)
+            # wait4 gives this child's own peak (RUSAGE_CHILDREN would also count the synth-footage child)
+            _, status, usage = os.wait4(child.pid, 0)
         wall = time.monotonic() - started
-        if result.returncode != 0:
-            raise SystemExit(f"enroll failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        stderr = stderr_file.read_text()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"enroll failed ({os.waitstatus_to_exitcode(status)}):\n{stderr[-3000:]}")
+        peak_kib = usage.ru_maxrss
+        summary = json.loads(stdout_file.read_text().strip().splitlines()[-1])
         row = {
             "footage": f"{args.minutes:g} min {args.height}p{args.fps}",
             "crop_px": args.crop_px,
@@ -96,10 +101,10 @@ def main() -> None:
             "wall_s": round(wall, 1),
             "realtime_factor": round(args.minutes * 60 / wall, 2),
             "peak_rss_gib": round(peak_kib / 2**20, 2),
-            "pass1_faces_s": _pass_seconds(result.stderr, "enroll: faces"),
-            "pass2_crops_s": _pass_seconds(result.stderr, "enroll: crops"),
+            "pass1_faces_s": _pass_seconds(stderr, "enroll: faces"),
+            "pass2_crops_s": _pass_seconds(stderr, "enroll: crops"),
             "usable_s": summary["usable_s"],
-            "cpus": len(__import__("os").sched_getaffinity(0)),
+            "cpus": len(os.sched_getaffinity(0)),
             "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"),
         }
