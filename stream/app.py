@@ -7,47 +7,58 @@ unless a viewer token is set. Errors are JSON with a 4xx/5xx status, never 200.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from stream import operator_routes as op
 from stream import viewer_routes as viewer
-from stream.events import EventLog
 from stream.http_common import (
-    EVENTS,
     MAX_AUDIO_FILE_BYTES,
     OPERATOR_TOKEN,
     RUNTIME,
     VIEWER_TOKEN,
     error_body,
 )
-from stream.openapi import INTEGER, NUMBER, SESSION_QUERY, STRING, Handler, Route, build_document, obj
+from stream.openapi import (
+    INTEGER,
+    NUMBER,
+    SESSION_QUERY,
+    STRING,
+    Handler,
+    Route,
+    build_document,
+    needs_operator,
+    obj,
+)
 from stream.runtime import TwinRuntime
 from twincast.errors import TwincastError, UnauthorizedError
 
 log = logging.getLogger(__name__)
-PUBLIC_API = ("/api/openapi.json",)
-VIEWER_PATHS = ("/", "/whep")
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    """This API, described."""
-    return web.json_response(build_document(ROUTES))
+    """This API, described (built once: the route table never changes)."""
+    return web.json_response(_document())
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return build_document(ROUTES)
 
 
 ROUTES: list[Route] = [
-    Route("GET", "/", viewer.player_page, "Player page (?embed=1: video only, for OBS)", operator=False),
-    Route("GET", "/dashboard", viewer.dashboard_page, "Operator dashboard (its data needs the token)",
-          operator=False),
-    Route("GET", "/static/{name}", viewer.static_file, "Dashboard script and style sheet", operator=False),
-    Route("GET", "/healthz", viewer.healthz, "Liveness", operator=False),
-    Route("POST", "/whep", viewer.whep_offer, "WHEP: watch a session (SDP offer → answer)", operator=False,
+    Route("GET", "/", viewer.player_page, "Player page (?embed=1: video only, for OBS)"),
+    Route("GET", "/dashboard", viewer.dashboard_page, "Operator dashboard (its data needs the token)"),
+    Route("GET", "/static/{name}", viewer.static_file, "Dashboard script and style sheet"),
+    Route("GET", "/healthz", viewer.healthz, "Liveness"),
+    Route("POST", "/whep", viewer.whep_offer, "WHEP: watch a session (SDP offer → answer)",
           body={"content": "application/sdp"}, query=(SESSION_QUERY,), responses={"201": "SDP answer"}),
-    Route("DELETE", "/whep/{viewer_id}", viewer.whep_delete, "WHEP: hang up", operator=False,
-          responses={"204": "closed"}),
-    Route("GET", "/api/openapi.json", openapi_document, "This document", operator=False),
+    Route("DELETE", "/whep/{viewer_id}", viewer.whep_delete, "WHEP: hang up", responses={"204": "closed"}),
+    Route("GET", "/api/openapi.json", openapi_document, "This document"),
     Route("GET", "/api/auth", op.auth_check, "Check the bearer token"),
     Route("GET", "/api/stats", op.stats, "Health and counters of every session"),
     Route("GET", "/api/log", op.event_log, "Recent events"),
@@ -120,7 +131,7 @@ def _matches(supplied: str, token: str) -> bool:
 async def require_tokens(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The operator token on ``/api/`` (but the OpenAPI document); the viewer token, if set, on viewing."""
     path = request.path
-    if path.startswith("/api/") and path not in PUBLIC_API:
+    if needs_operator(path):
         if not _matches(_supplied_token(request), request.app[OPERATOR_TOKEN]):
             raise UnauthorizedError("operator endpoint: missing or wrong bearer token (Authorization: Bearer …)")
     viewer_token = request.app[VIEWER_TOKEN]
@@ -139,7 +150,6 @@ def create_app(runtime: TwinRuntime, operator_token: str, viewer_token: str | No
     app[RUNTIME] = runtime
     app[OPERATOR_TOKEN] = operator_token
     app[VIEWER_TOKEN] = viewer_token
-    app[EVENTS] = runtime.events
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
 
@@ -154,4 +164,4 @@ def create_app(runtime: TwinRuntime, operator_token: str, viewer_token: str | No
     return app
 
 
-__all__ = ["ROUTES", "EventLog", "create_app"]
+__all__ = ["ROUTES", "create_app"]

@@ -7,14 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from stream.events import EventLog
 from stream.runtime import MAX_SDP_BYTES, TwinRuntime
 from twincast.errors import InputError, PayloadTooLargeError
 
 RUNTIME: web.AppKey[TwinRuntime] = web.AppKey("runtime", TwinRuntime)
 OPERATOR_TOKEN: web.AppKey[str] = web.AppKey("operator_token", str)
 VIEWER_TOKEN: web.AppKey[str | None] = web.AppKey("viewer_token", str)
-EVENTS: web.AppKey[EventLog] = web.AppKey("events", EventLog)
 MAX_JSON_BYTES = 64 * 1024
 MAX_AUDIO_FILE_BYTES = 20 * 1024 * 1024
 

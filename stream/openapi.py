@@ -21,6 +21,14 @@ SESSION_QUERY = {"name": "session", "in": "query", "required": False, "schema": 
 ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+PUBLIC_API = ("/api/openapi.json",)
+
+
+def needs_operator(path: str) -> bool:
+    """The auth rule: everything under ``/api/`` but the OpenAPI document needs the operator's bearer token."""
+    return path.startswith("/api/") and path not in PUBLIC_API
+
+
 @dataclass(frozen=True)
 class Route:
     """One HTTP route and how the OpenAPI document describes it."""
@@ -29,10 +37,14 @@ class Route:
     path: str  # aiohttp form, e.g. /api/{kind:mic|webcam}/{upstream_id}
     handler: Handler
     summary: str
-    operator: bool = True
     body: dict[str, Any] | None = None  # JSON schema of a JSON body, or {"content": media type}
     query: tuple[dict[str, Any], ...] = ()
     responses: dict[str, str] = field(default_factory=lambda: {"200": "OK"})
+
+    @property
+    def operator(self) -> bool:
+        """Whether the route needs the operator's token (see ``needs_operator``)."""
+        return needs_operator(self.path)
 
     @property
     def openapi_path(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import time
 
 import av
 import numpy as np
@@ -13,7 +14,6 @@ from aiohttp import WSMsgType, web
 
 from avatar.speech import Speech
 from stream.http_common import (
-    EVENTS,
     MAX_AUDIO_FILE_BYTES,
     RUNTIME,
     int_param,
@@ -63,24 +63,27 @@ async def stats(request: web.Request) -> web.Response:
 
 async def event_log(request: web.Request) -> web.Response:
     """The most recent events, oldest first."""
-    return web.json_response({"events": [e.to_dict() for e in request.app[EVENTS].recent(200)]})
+    return web.json_response({"events": [e.to_dict() for e in request.app[RUNTIME].events.recent(200)]})
 
 
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
     """Live feed for the dashboard: recent events first, then stats every 0.5 s and each new event."""
-    runtime, log = request.app[RUNTIME], request.app[EVENTS]
+    runtime = request.app[RUNTIME]
+    log = runtime.events
     socket = web.WebSocketResponse(heartbeat=20)
     await socket.prepare(request)
     queue = log.subscribe()
     try:
         await socket.send_json({"type": "hello", "events": [e.to_dict() for e in log.recent(100)],
                                 "stats": runtime.stats()})
+        next_stats = time.monotonic() + STATS_EVERY_S
         while not socket.closed:
-            with contextlib.suppress(TimeoutError):
-                event = await asyncio.wait_for(queue.get(), timeout=STATS_EVERY_S)
+            with contextlib.suppress(TimeoutError):  # events as they come, stats on their own cadence
+                event = await asyncio.wait_for(queue.get(), timeout=max(0.0, next_stats - time.monotonic()))
                 await socket.send_json({"type": "event", **event.to_dict()})
-                continue
-            await socket.send_json({"type": "stats", "stats": runtime.stats()})
+            if time.monotonic() >= next_stats:
+                await socket.send_json({"type": "stats", "stats": runtime.stats()})
+                next_stats = time.monotonic() + STATS_EVERY_S
     except ConnectionResetError:
         pass
     finally:
@@ -96,7 +99,8 @@ async def say(request: web.Request) -> web.Response:
         raise InputError('body must be {"text": "…"} with a string text')
     session = request.app[RUNTIME].session(optional_str(body, "session"))
     result = await session.say(text)
-    request.app[EVENTS].emit("speech", f"queued {result['queued_s']:.1f} s: {text[:60]}", session=session.session_id)
+    request.app[RUNTIME].events.emit("speech", f"queued {result['queued_s']:.1f} s: {text[:60]}",
+                                     session=session.session_id)
     return web.json_response(result, status=202)
 
 
@@ -105,7 +109,7 @@ async def interrupt(request: web.Request) -> web.Response:
     body = await read_optional_json(request)
     session = request.app[RUNTIME].session(optional_str(body, "session"))
     result = session.interrupt()
-    request.app[EVENTS].emit("interrupt", f"interrupted; dropped {result['dropped_s']:.1f} s of speech",
+    request.app[RUNTIME].events.emit("interrupt", f"interrupted; dropped {result['dropped_s']:.1f} s of speech",
                              session=session.session_id)
     return web.json_response(result)
 
@@ -121,7 +125,7 @@ async def play(request: web.Request) -> web.Response:
     session = request.app[RUNTIME].session(request.query.get("session"))
     speech = await asyncio.get_running_loop().run_in_executor(None, decode_audio_file, payload)
     frames = await session.queue_speech(speech)
-    request.app[EVENTS].emit("speech", f"queued a {frames / session.clock.fps:.1f} s audio file",
+    request.app[RUNTIME].events.emit("speech", f"queued a {frames / session.clock.fps:.1f} s audio file",
                              session=session.session_id)
     return web.json_response({"queued_s": round(frames / session.clock.fps, 3),
                               "queue_s": round(len(session.audio_queue) / session.clock.fps, 3)}, status=202)
@@ -133,7 +137,7 @@ async def push(request: web.Request) -> web.WebSocketResponse:
     socket = web.WebSocketResponse(max_msg_size=1 << 20, heartbeat=20)
     await socket.prepare(request)
     protocol = PushProtocol(session)
-    request.app[EVENTS].emit("input", "agent push connected", session=session.session_id)
+    request.app[RUNTIME].events.emit("input", "agent push connected", session=session.session_id)
     await socket.send_json(protocol.hello())
     async for message in socket:
         if message.type == WSMsgType.TEXT:
@@ -144,7 +148,7 @@ async def push(request: web.Request) -> web.WebSocketResponse:
             break
         for reply in replies:
             await socket.send_json(reply)
-    request.app[EVENTS].emit("input", "agent push disconnected", session=session.session_id)
+    request.app[RUNTIME].events.emit("input", "agent push disconnected", session=session.session_id)
     return socket
 
 
@@ -154,7 +158,6 @@ async def upstream_offer(request: web.Request) -> web.Response:
     offer = await read_sdp(request)
     runtime = request.app[RUNTIME]
     upstream_id, answer = await runtime.add_upstream(kind, offer, request.query.get("session"))
-    request.app[EVENTS].emit("input", f"{kind} connected", session=runtime.upstreams[upstream_id].session.session_id)
     return web.Response(status=201, text=answer, content_type="application/sdp",
                         headers={"Location": f"/api/{kind}/{upstream_id}"})
 
@@ -162,7 +165,6 @@ async def upstream_offer(request: web.Request) -> web.Response:
 async def upstream_delete(request: web.Request) -> web.Response:
     """Disconnect a microphone or webcam."""
     await request.app[RUNTIME].remove_upstream(request.match_info["upstream_id"])
-    request.app[EVENTS].emit("input", f"{request.match_info['kind']} disconnected")
     return web.Response(status=204)
 
 
@@ -202,14 +204,12 @@ async def create_session(request: web.Request) -> web.Response:
     if not session_id:
         raise InputError('body must name the new session: {"id": "…", "twin": "…"}')
     session = runtime.add_session(session_id, twin or runtime.sessions[runtime.default_session_id].twin.name)
-    request.app[EVENTS].emit("session", f"session started ({session.twin.name})", session=session.session_id)
     return web.json_response({"id": session.session_id, "twin": session.twin.name}, status=201)
 
 
 async def delete_session(request: web.Request) -> web.Response:
     """Stop a session and everything attached to it."""
     await request.app[RUNTIME].remove_session(request.match_info["session_id"])
-    request.app[EVENTS].emit("session", "session stopped", session=request.match_info["session_id"])
     return web.Response(status=204)
 
 
@@ -229,17 +229,12 @@ async def create_output(request: web.Request) -> web.Response:
     if kind == "rtmp" and key:
         target = target.rstrip("/") + "/" + key
     output = request.app[RUNTIME].add_output(kind, target, optional_str(body, "session"))
-    described = output.describe()
-    request.app[EVENTS].emit("output", f"{kind} output started: {described['target']}", session=output.session_id)
-    return web.json_response(described, status=201)
+    return web.json_response(output.describe(), status=201)
 
 
 async def delete_output(request: web.Request) -> web.Response:
     """Stop an output (finishing a recording)."""
-    described = await request.app[RUNTIME].remove_output(request.match_info["output_id"])
-    request.app[EVENTS].emit("output", f"{described['kind']} output stopped: {described['target']}",
-                             session=described["session"])
-    return web.json_response(described)
+    return web.json_response(await request.app[RUNTIME].remove_output(request.match_info["output_id"]))
 
 
 async def get_script(request: web.Request) -> web.Response:
@@ -293,5 +288,6 @@ async def speak_script_line(request: web.Request) -> web.Response:
         session.interrupt()
     result = await session.say(line.text)
     script.mark_spoken(line.line_id)
-    request.app[EVENTS].emit("speech", f"line {line.line_id} ({when}): {line.text[:60]}", session=session.session_id)
+    request.app[RUNTIME].events.emit("speech", f"line {line.line_id} ({when}): {line.text[:60]}",
+                                     session=session.session_id)
     return web.json_response({**result, "line": line.to_dict()}, status=202)

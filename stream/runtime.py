@@ -115,6 +115,7 @@ class TwinRuntime:
         self.scripts[session_id] = Script()
         self.video_sources[session_id] = TwinVideoTrack(session)
         self.spawn(session.run(), f"session-{session_id}")
+        self.events.emit("session", f"session started ({twin.name})", session=session_id)
         return session
 
     async def remove_session(self, session_id: str) -> None:
@@ -133,6 +134,13 @@ class TwinRuntime:
             self.worker.feeds[session.twin.engine] -= 1
         del self.sessions[session_id]
         del self.scripts[session_id]
+        self._forget(f"{session_id}.")
+        self.events.emit("session", "session stopped", session=session_id)
+
+    def _forget(self, prefix: str) -> None:
+        """Drop the watched values of something removed (a re-created one starts afresh)."""
+        for key in [k for k in self._seen if k.startswith(prefix)]:
+            del self._seen[key]
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Create a named task that is kept referenced and whose failure is logged, not lost."""
@@ -272,6 +280,7 @@ class TwinRuntime:
 
         answer = await self._answer(peer, offer_sdp)
         self.upstreams[upstream.upstream_id] = upstream
+        self.events.emit("input", f"{kind} connected", session=session.session_id)
         return upstream.upstream_id, answer
 
     async def remove_upstream(self, upstream_id: str, *, missing_ok: bool = False) -> None:
@@ -282,6 +291,7 @@ class TwinRuntime:
                 return
             raise NotFoundError(f"no upstream {upstream_id!r}")
         await upstream.peer.close()
+        self.events.emit("input", f"{upstream.kind} disconnected", session=upstream.session.session_id)
 
     # --- outputs ---------------------------------------------------------------------------------------------
 
@@ -293,6 +303,7 @@ class TwinRuntime:
                               TwinAudioTrack(session), session.assets.frame_size, session.clock.fps)
         output.start(self.spawn)
         self.outputs[output.output_id] = output
+        self.events.emit("output", f"{kind} output started: {output.describe()['target']}", session=output.session_id)
         return output
 
     async def remove_output(self, output_id: str) -> dict[str, Any]:
@@ -301,7 +312,11 @@ class TwinRuntime:
         if output is None:
             raise NotFoundError(f"no output {output_id!r}")
         await output.stop()
-        return output.describe()
+        self._forget(f"output.{output_id}")
+        described = output.describe()
+        self.events.emit("output", f"{described['kind']} output stopped: {described['target']}",
+                         session=described["session"])
+        return described
 
     # --- lifecycle and reporting -----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 
 from aiohttp import web
@@ -13,7 +14,9 @@ from twincast.errors import NotFoundError
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 
+@functools.cache
 def _static(name: str) -> str:
+    """A packaged page or asset, read once per process."""
     return resources.files("stream").joinpath(f"static/{name}").read_text()
 
 

@@ -107,7 +107,9 @@ function waitForIce(peer) {
 
 async function connectPreview() {
   if (state.preview) state.preview.close();
-  if (state.previewResource) fetch(state.previewResource, { method: "DELETE" }).catch(() => {});
+  // The operator token also passes where a viewer token guards the stream.
+  const auth = { Authorization: "Bearer " + state.token };
+  if (state.previewResource) fetch(state.previewResource, { method: "DELETE", headers: auth }).catch(() => {});
   const peer = new RTCPeerConnection({ iceServers: [] });
   state.preview = peer;
   peer.addTransceiver("video", { direction: "recvonly" });
@@ -121,7 +123,8 @@ async function connectPreview() {
   };
   await peer.setLocalDescription(await peer.createOffer());
   await waitForIce(peer);
-  const response = await fetch("/whep?" + sessionQuery(), { method: "POST", headers: { "Content-Type": "application/sdp" },
+  const response = await fetch("/whep?" + sessionQuery(), { method: "POST",
+                                                          headers: { "Content-Type": "application/sdp", ...auth },
                                                           body: peer.localDescription.sdp });
   if (response.status !== 201) { toast("preview: " + (await response.text())); return; }
   state.previewResource = response.headers.get("Location");

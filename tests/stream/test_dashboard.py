@@ -109,6 +109,9 @@ def test_viewer_token_guards_watching_when_set(pack: Path, artifact: Path) -> No
         assert http("GET", guarded.url + "/", headers={})[0] == 401
         assert http("POST", guarded.url + "/whep", "v=0", content_type="application/sdp", headers={})[0] == 401
         assert http("GET", guarded.url + "/?token=viewer-secret", headers={})[0] == 200
+        # The dashboard's preview watches with the operator token: it passes the viewer guard (400: bad SDP).
+        operator = http("POST", guarded.url + "/whep", "v=0", content_type="application/sdp", headers=guarded.auth)
+        assert operator[0] == 400
         assert http("GET", guarded.url + "/healthz", headers={})[0] == 200
 
 
