@@ -111,8 +111,16 @@ def robust_low(values: np.ndarray, ratio: float) -> float:
 
 
 def idle_segments(mouth: np.ndarray, speech: np.ndarray, valid: np.ndarray, anchors: np.ndarray, *, fps: int,
-                  min_s: float, loop_jump: float = 0.03) -> list[dict[str, object]]:
+                  min_s: float, loop_jump: float = 0.03, enter: float = 0.3, leave: float = 0.5,
+                  smooth_frames: int = 5) -> list[dict[str, object]]:
     """Stretches of usable frames with a closed mouth in silence, at least ``min_s`` long.
+
+    "Closed" is judged on the mouth opening median-filtered over ``smooth_frames`` frames, with hysteresis: a
+    stretch starts when the opening is at most ``enter`` of the way from the clip's closed level (10th
+    percentile) to its open level (90th) and ends only once it passes ``leave`` of the way. A closed mouth's
+    landmarks jitter by about a hundredth of the eye distance from frame to frame, and from one CPU to another,
+    which is as much as a single threshold's margin when the idle footage itself sets the closed level; the
+    median and the hysteresis keep such jitter from splitting a stretch, while any real opening still ends it.
 
     Each comes with how it may loop without a jump: ``loop`` when its last frame's face sits within
     ``loop_jump`` face widths of its first (it can wrap around), ``ping-pong`` otherwise (played forwards then
@@ -122,12 +130,14 @@ def idle_segments(mouth: np.ndarray, speech: np.ndarray, valid: np.ndarray, anch
     if not usable.any():
         return []
     low, high = np.percentile(mouth[valid], [10, 90]) if valid.any() else (0.0, 0.0)
-    closed = mouth <= low + 0.3 * (high - low)
-    idle = usable & closed
+    smoothed = median_filter_1d(mouth, smooth_frames)
+    enter_level, leave_level = low + enter * (high - low), low + leave * (high - low)
     segments: list[dict[str, object]] = []
     start = None
-    for index in range(len(idle) + 1):
-        if index < len(idle) and idle[index]:
+    for index in range(len(mouth) + 1):
+        closing = start is not None and index < len(mouth) and smoothed[index] <= leave_level
+        opening = start is None and index < len(mouth) and smoothed[index] <= enter_level
+        if index < len(mouth) and usable[index] and (closing or opening):
             start = index if start is None else start
             continue
         if start is not None and index - start >= min_s * fps:
@@ -138,6 +148,15 @@ def idle_segments(mouth: np.ndarray, speech: np.ndarray, valid: np.ndarray, anch
                              "jump": round(jump, 4)})
         start = None
     return segments
+
+
+def median_filter_1d(values: np.ndarray, window: int) -> np.ndarray:
+    """Running median over ``window`` samples (odd; the ends repeat the edge values)."""
+    if window <= 1 or values.size == 0:
+        return values.astype(np.float64)
+    half = window // 2
+    padded = np.pad(values.astype(np.float64), half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
 def reference_bank(features: np.ndarray, candidates: np.ndarray, first: int, size: int) -> list[int]:

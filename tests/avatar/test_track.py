@@ -1,6 +1,6 @@
 import numpy as np
 
-from avatar.quality import occluded_mouths, reference_bank, speech_frames
+from avatar.quality import idle_segments, occluded_mouths, reference_bank, speech_frames
 from avatar.track import CutDetector, OneEuroFilter, SubjectTracker, smooth_track
 
 
@@ -75,3 +75,23 @@ def test_reference_bank_spreads_over_the_features() -> None:
     features = np.array([[0, 0], [0.1, 0], [10, 0], [10.1, 0], [0, 10], [5, 5]], float)
     bank = reference_bank(features, np.arange(6), 0, 3)
     assert bank[0] == 0 and set(bank[1:]) <= {2, 3, 4} and len(set(bank)) == 3
+
+
+def test_idle_segment_survives_closed_mouth_jitter_but_ends_at_an_opening() -> None:
+    # The clip's closed level (10th percentile) is set by the idle stretch itself, so the closed mouth's own
+    # landmark jitter straddles any single threshold; the measured jitter on synthetic footage is ~0.01.
+    rng = np.random.default_rng(4)
+    speaking = 0.84 + 0.08 * np.abs(np.sin(np.arange(100) / 2.0))  # speech, mouth opening and closing
+    closed = 0.845 + 0.006 * rng.standard_normal(100)  # 4 s still and silent, with jitter
+    closed[[20, 55, 84]] = 0.868  # single-frame spikes across the old 0.3-of-the-range threshold
+    mouth = np.concatenate([speaking, closed, speaking])
+    speech = np.concatenate([np.ones(100, bool), np.zeros(100, bool), np.ones(100, bool)])
+    valid, anchors = np.ones(300, bool), np.tile([[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]], (300, 1, 1))
+    for seed in range(20):  # any other small jitter, as another CPU's landmarks would give
+        jittered = mouth + 0.003 * np.random.default_rng(seed).standard_normal(300)
+        segments = idle_segments(jittered, speech, valid, anchors, fps=25, min_s=1.0)
+        assert [(seg["start"], seg["end"]) for seg in segments] == [(100, 200)]
+    opened = mouth.copy()
+    opened[140:150] = 0.92  # the mouth really opens (a breath) in the silence
+    segments = idle_segments(opened, speech, valid, anchors, fps=25, min_s=1.0)
+    assert [(seg["start"], seg["end"]) for seg in segments] == [(100, 140), (150, 200)]
