@@ -5,7 +5,9 @@ Jobs are submitted from the event loop without blocking it; results come back on
 (up to ``max_batch``), so sessions of one twin share calls. Sessions tick on one frame grid, so their jobs
 arrive within a fraction of a millisecond of each other; when fewer jobs are queued than sessions feed that
 engine, the worker waits up to ``gather_s`` after the oldest job for the rest. Jobs of a superseded generation
-(after an interrupt) are dropped before rendering.
+(after an interrupt) are dropped before rendering. An urgent job (the first frame re-rendered after an interrupt,
+whose deadline is one frame away) goes to the front of the queue and is rendered in a call of its own, without
+waiting for other jobs: the closed mouth does not wait for a batch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class RenderJob:
     finish: Callable[[np.ndarray], Any]  # runs on the worker thread: rendered face → deliverable frame
     deliver: Callable[[RenderedFrame], None]  # runs on the event loop
     is_current: Callable[[int], bool]  # whether a generation is still wanted
+    urgent: bool = False  # rendered next, alone, ahead of every queued job
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
@@ -57,7 +60,8 @@ class RenderWorker:
     """Owns the engines on one thread; batches up to ``max_batch`` queued jobs per engine call.
 
     The job queue holds at most ``max_jobs``; overflow rule: the oldest job is dropped (its frame would be
-    late anyway) and counted in ``dropped``. ``gather_s`` bounds the wait for the other sessions' jobs of one
+    late anyway) and counted in ``dropped``; an urgent job enters at the front, so on a full queue it pushes
+    out the newest job instead. ``gather_s`` bounds the wait for the other sessions' jobs of one
     tick (see ``feeds``).
     """
 
@@ -97,12 +101,20 @@ class RenderWorker:
         return len(self._jobs)
 
     def submit(self, job: RenderJob) -> None:
-        """Queue a job (never blocks)."""
+        """Queue a job (never blocks); an urgent one at the front."""
         with self._wake:
             if len(self._jobs) == self._jobs.maxlen:
                 self.dropped += 1
-            self._jobs.append(job)
+            if job.urgent:
+                self._jobs.appendleft(job)
+            else:
+                self._jobs.append(job)
             self._wake.notify()
+
+    def pending(self) -> list[tuple[str, int, int, bool]]:
+        """The queued jobs in the order they will be taken: (session, frame index, generation, urgent)."""
+        with self._wake:
+            return [(job.session_id, job.frame_index, job.generation, job.urgent) for job in self._jobs]
 
     def _take(self) -> list[RenderJob] | None:
         with self._wake:
@@ -110,6 +122,8 @@ class RenderWorker:
                 self._wake.wait()
             if self._stopping:
                 return None
+            if self._jobs[0].urgent:
+                return [self._jobs.popleft()]
             key = self._jobs[0].engine
             wanted = min(self.max_batch, max(1, self.feeds[key]))
             until = self._jobs[0].submitted_at + self.gather_s

@@ -149,7 +149,7 @@ class TwinSession:
         if frame_index >= 0:
             self._submit(frame_index)
 
-    def _submit(self, frame_index: int) -> None:
+    def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
         inputs = {
             "masked_crop": self.assets.masked_crops[base],
@@ -164,7 +164,7 @@ class TwinSession:
             return VideoOut(assets.compose_i420(base, face), generation, base)
 
         self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, finish,
-                                     self._deliver, self._is_current))
+                                     self._deliver, self._is_current, urgent=urgent))
 
     def _is_current(self, generation: int) -> bool:
         return generation == self.generation
@@ -263,7 +263,9 @@ class TwinSession:
 
         The audio of frames not yet played becomes silence at once, every remembered chunk stops feeding the
         mel windows (so the mouth closes without the tail of the old speech), and the unplayed frames are
-        re-rendered under a new generation; stale in-flight renders are discarded by the worker.
+        re-rendered under a new generation; stale in-flight renders are discarded by the worker. The first
+        unplayed frame, due within a frame period, is rendered urgently (alone, ahead of every queued job), so
+        the closed mouth is on screen before the rest of the re-renders are done.
         """
         self.generation += 1
         self.interrupts += 1
@@ -279,7 +281,7 @@ class TwinSession:
                 self._audio.put(index, replace(chunk, features=SILENCE.features, speech=False))
         self._video.discard_from(first_unplayed)
         for frame_index in range(max(0, first_unplayed), self._next_tick - self.lookahead):
-            self._submit(frame_index)
+            self._submit(frame_index, urgent=frame_index == max(0, first_unplayed))
         self.last_interrupt = {"at": self.clock.now(), "first_silent_frame": float(first_unplayed)}
         return {"generation": self.generation, "dropped_s": round(dropped / self.clock.fps, 3)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -171,3 +172,79 @@ def test_worker_waits_briefly_for_the_other_sessions_of_a_tick() -> None:
     assert asyncio.run(tick(feeds=2)) == [2.0, 4.0] and batches == [2]  # waited, then one call for both
     batches.clear()
     assert asyncio.run(tick(feeds=1)) == [2.0, 4.0] and batches == [1, 1]  # one session: never waits
+
+
+def test_an_urgent_job_is_rendered_alone_before_everything_queued() -> None:
+    calls: list[list[float]] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    def engine(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        calls.append([float(v) for v in inputs["x"]])
+        return inputs["x"]
+
+    async def run() -> list[float]:
+        worker = RenderWorker({"e": engine}, asyncio.get_running_loop(), max_batch=8)  # type: ignore[dict-item]
+        worker.feeds["e"] = 4
+        delivered: list[float] = []
+        done = asyncio.Event()
+
+        def deliver(frame: Any) -> None:
+            delivered.append(float(frame.payload))
+            if len(delivered) == 5:
+                done.set()
+
+        def job(value: float, *, urgent: bool = False) -> RenderJob:
+            return RenderJob("s", int(value), 0, "e", {"x": np.array(value, np.float32)}, lambda face: face,
+                             deliver, lambda generation: True, urgent=urgent)
+
+        worker.start()
+        try:
+            worker.submit(job(1.0))  # taken at once; the engine holds it (an old generation's batch in flight)
+            assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+            for value in (2.0, 3.0):
+                worker.submit(job(value))
+            worker.submit(job(9.0, urgent=True))
+            worker.submit(job(4.0))
+            assert [entry[1] for entry in worker.pending()] == [9, 2, 3, 4]
+            gate.set()
+            await asyncio.wait_for(done.wait(), 5)
+        finally:
+            worker.stop()
+        return delivered
+
+    delivered = asyncio.run(run())
+    assert delivered == [1.0, 9.0, 2.0, 3.0, 4.0]
+    assert calls == [[1.0], [9.0], [2.0, 3.0, 4.0]]  # the urgent frame did not wait to fill a batch
+
+
+def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone(pack: Path, artifact: Path) -> None:
+    async def run() -> tuple[int, list[tuple[str, int, int, bool]]]:
+        engine = create_engine("onnxruntime", artifact)
+        assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
+        worker = RenderWorker({"tiny": engine}, asyncio.get_running_loop(), max_batch=4)  # never started
+        manual = ManualTime()
+        clock = manual.clock()
+        session = TwinSession("s", Twin("tiny", assets, "tiny", MelSpec(), 64), worker, clock,
+                              tts=EspeakTTS(Voice()), pose_mode="still", lead_frames=2,
+                              noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
+                              spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+        session.audio_queue.extend(prepare_chunks(0.3 * np.sin(np.arange(48000) * 0.05).astype(np.float32), 48000))
+        producer = asyncio.ensure_future(session.run())
+        try:
+            for step in range(12):
+                manual.advance_to(clock.deadline(step))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            session.interrupt()
+            return session.playout_index() + 1, worker.pending()
+        finally:
+            producer.cancel()
+
+    first_unplayed, pending = asyncio.run(run())
+    renewed = [entry for entry in pending if entry[2] == 1]
+    assert len(renewed) >= 2  # the unplayed frames are all re-rendered under the new generation ...
+    assert pending[0] == ("s", first_unplayed, 1, True)  # ... the next to play first, urgently ...
+    assert [entry[3] for entry in renewed[1:]] == [False] * (len(renewed) - 1)  # ... and only that one
+    assert [entry[1] for entry in renewed] == list(range(first_unplayed, first_unplayed + len(renewed)))
