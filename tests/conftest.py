@@ -19,6 +19,9 @@ CLIP_TEXT = "Hello there. The twin opens its mouth when it speaks, and closes it
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--pixel-jitter", type=int, default=None, metavar="SEED",
+                     help="re-encode the synthetic clip with ±2 grey levels of seeded noise: the landmarks then "
+                          "jitter as they do on another CPU, so thresholds that only pass on this machine show up")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,11 +49,34 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def clip(workdir: Path) -> Path:
-    """A 256² synthetic talking-head clip of the committed portrait (about 7 s)."""
+def clip(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    """A 256² synthetic talking-head clip of the committed portrait (about 7 s).
+
+    With ``--pixel-jitter SEED`` its pictures carry seeded noise of ±2 grey levels (see ``pytest_addoption``).
+    """
     out = workdir / "clip.mp4"
     run_cli("synth-footage", "--text", CLIP_TEXT, "--out", str(out), "--size", "256", "-q")
+    seed = request.config.getoption("--pixel-jitter")
+    if seed is not None:
+        _jitter_pixels(out, seed)
     return out
+
+
+def _jitter_pixels(clip: Path, seed: int) -> None:
+    """Re-encode ``clip`` in place, as synth-footage writes it, with ±2 grey levels of noise on every picture."""
+    import numpy as np
+
+    from avatar.audio import PLAYBACK_SAMPLES_PER_FRAME
+    from avatar.video_io import VideoWriter
+    from tests.avatar.faults import decode
+
+    frames, audio = decode(clip)
+    rng = np.random.default_rng(seed)
+    height, width = frames[0].shape[:2]
+    with VideoWriter(clip, width=width, height=height, fps=25) as writer:
+        for index, rgb in enumerate(frames):
+            noisy = np.clip(rgb.astype(np.int16) + rng.integers(-2, 3, rgb.shape), 0, 255).astype(np.uint8)
+            writer.write(noisy, audio[index * PLAYBACK_SAMPLES_PER_FRAME : (index + 1) * PLAYBACK_SAMPLES_PER_FRAME])
 
 
 @pytest.fixture(scope="session")
