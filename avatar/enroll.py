@@ -5,6 +5,10 @@ Audio is decoded first (16 kHz mono for features, 48 kHz for playback). Pass 1 d
 each face (pose, sharpness, lip contrast). Then every frame gets its flags, the alignment anchors are
 One-Euro-smoothed between cuts, and the holdout block, idle segments, base loop, reference and reference bank
 are chosen. Pass 2 decodes again to cut the aligned crops, write the base loop and pick contact-sheet frames.
+
+Both streams are decoded through damage, as players do: audio lost to a damaged packet becomes silence of its
+length, and the frames whose picture or audio window it spoils are flagged ``damaged``. A file most of whose
+audio or video cannot be decoded is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar import align, quality, report
+from avatar import align, damage, quality, report
 from avatar.audio import FEATURE_RATE_HZ, PLAYBACK_RATE_HZ, VIDEO_FPS, MelSpec, mel_windows
+from avatar.damage import VideoDamage
 from avatar.landmarks import FaceLandmarker, mouth_opening
 from avatar.pack import BASE_VIDEO, SCHEMA_VERSION, PackMeta, expected_shape
 from avatar.pose import head_pose
 from avatar.track import CutDetector, SubjectTracker, smooth_track
-from avatar.video_io import VideoInfo, VideoWriter, iter_frames, probe, read_audio_rates
+from avatar.video_io import VideoInfo, VideoWriter, decode_audio, iter_frames, probe
 from twincast import __version__
 from twincast.errors import InputError, UnprocessableError
 from twincast.files import atomic_directory, sha256_file
@@ -59,6 +64,7 @@ class EnrollConfig:
     min_interocular_px: float = 12.0
     cut_settle_frames: int = 2  # frames after a cut also flagged, while the face settles
     reference_bank_size: int = 8
+    max_damaged_fraction: float = 0.5  # refuse a file when more of its audio or its video cannot be decoded
 
     def __post_init__(self) -> None:
         if self.crop_px % 16 or not 32 <= self.crop_px <= 512:
@@ -73,6 +79,8 @@ class EnrollConfig:
             raise InputError(f"enroll max_faces {self.max_faces} must be in 1..8")
         if not 1 <= self.reference_bank_size <= 64:
             raise InputError(f"enroll reference_bank_size {self.reference_bank_size} must be in 1..64")
+        if not 0.0 <= self.max_damaged_fraction < 1.0:
+            raise InputError(f"enroll max_damaged_fraction {self.max_damaged_fraction} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,7 @@ class _Pass1:
     interocular: np.ndarray  # (N,)
     pose: np.ndarray  # (N, 3) yaw, pitch, roll in degrees; NaN without a face
     faces_seen: np.ndarray  # (N,) faces found
+    damage: VideoDamage  # what decoding met; ``damage.frames`` (N,) marks the frames that show it
 
 
 def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force: bool = False,
@@ -153,13 +162,17 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
 
     Raises:
         NotFoundError, InputError: the video is missing, not a video, corrupt or truncated.
-        UnprocessableError: no audio track, too little usable footage, or no face in most frames.
+        UnprocessableError: no audio track, too little usable footage, no face in most frames, or most of the
+            audio or video cannot be decoded.
     """
     config = config or EnrollConfig()
     info = probe(video)
     if info.audio_rate_hz is None:
         raise UnprocessableError(f"{video} has no audio track; enrollment needs the person's speech")
-    audio_16k_raw, audio_48k_raw = read_audio_rates(video, FEATURE_RATE_HZ, PLAYBACK_RATE_HZ)
+    audio = decode_audio(video, FEATURE_RATE_HZ, PLAYBACK_RATE_HZ)
+    damage.refuse_unreadable_audio(video, audio, config.max_damaged_fraction)
+    audio_16k_raw, audio_48k_raw = audio.tracks
+    spec = MelSpec()
     with atomic_directory(out, overwrite=force) as tmp:
         found = _first_pass(video, info, config, progress)
         frame_count = found.landmarks.shape[0]
@@ -178,7 +191,8 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
         anchors = smooth_track(raw_anchors, has_face, found.cuts, VIDEO_FPS, scale)
         mouth = np.array([mouth_opening(p) if ok else 0.0 for p, ok in zip(found.landmarks, has_face, strict=True)],
                          np.float32)
-        flags = _flags(found, has_face, mouth, raw_anchors, anchors, config)
+        damaged = found.damage.frames | damage.frames_hearing(audio.damaged_spans_s, frame_count, spec)
+        flags = _flags(found, has_face, mouth, raw_anchors, anchors, damaged, config)
         valid = flags == 0
         holdout = holdout_block(frame_count, config)
         usable = int(valid[: holdout[0]].sum())
@@ -205,7 +219,6 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
         crops, thumbs = _second_pass(video, transforms, base_range, info, tmp / BASE_VIDEO, config.crop_px,
                                      sheet_frames, progress)
         audio_48k = _fit_audio(audio_48k_raw, frame_count, PLAYBACK_RATE_HZ)
-        spec = MelSpec()
         mel = mel_windows(audio_16k, np.arange(frame_count), spec).astype(np.float16)
         arrays = {
             "crops": crops,
@@ -225,8 +238,9 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
         summary = report.summarise(
             video=video, info=info, flags=flags, valid=valid, pose=found.pose, holdout=holdout, idle=idle,
             base_range=base_range, reference_bank=bank, speech=speech, level=level, audio=audio_16k,
-            faces_seen=found.faces_seen,
+            faces_seen=found.faces_seen, damage=damage.summary(audio, found.damage),
         )
+        damage.warn(video, audio, found.damage, int(np.count_nonzero(damaged)))
         meta = PackMeta(
             schema_version=SCHEMA_VERSION, fps=VIDEO_FPS, frame_count=frame_count, crop_px=config.crop_px,
             mask_top=config.mask_top, frame_width=info.width, frame_height=info.height,
@@ -235,7 +249,8 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
             source={"name": video.name, "sha256": sha256_file(video), "format": info.format_name,
                     "codec": info.video_codec, "fps": info.fps, "duration_s": info.duration_s,
                     "rotation": info.rotation, "audio_codec": info.audio_codec,
-                    "audio_rate_hz": info.audio_rate_hz, "audio_channels": info.audio_channels},
+                    "audio_rate_hz": info.audio_rate_hz, "audio_channels": info.audio_channels,
+                    "damage": summary["damage"]},
             mel=asdict(spec), created_by=f"twincast {__version__}",
             reference_bank=bank, idle_segments=idle, flag_reasons=list(quality.FLAG_REASONS),
             rejected=summary["rejected_frames"],
@@ -263,10 +278,11 @@ def _choose_reference(train: np.ndarray, mouth: np.ndarray, pose: np.ndarray) ->
 
 
 def _flags(found: _Pass1, has_face: np.ndarray, mouth: np.ndarray, raw_anchors: np.ndarray, anchors: np.ndarray,
-           config: EnrollConfig) -> np.ndarray:
+           damaged: np.ndarray, config: EnrollConfig) -> np.ndarray:
     """Each frame's rejection reasons as a bit mask (see ``quality.FLAG_REASONS``)."""
     bits = quality.FLAG_BITS
     flags = np.zeros(has_face.shape[0], np.uint8)
+    flags[damaged] |= bits["damaged"]
     flags[~has_face] |= bits["no_face"]
     flags[found.other_dominant] |= bits["other_face_dominant"]
     cut_frames = np.flatnonzero(found.cuts)
@@ -319,8 +335,9 @@ def _first_pass(video: Path, info: VideoInfo, config: EnrollConfig, progress: bo
                                                            "mouth_patches", "interocular", "pose", "faces_seen")}
     tracker = SubjectTracker((info.width, info.height))
     cut_detector = CutDetector()
+    decoding = VideoDamage()
     with FaceLandmarker(video=True, max_faces=config.max_faces) as landmarker:
-        frames = iter_frames(video, VIDEO_FPS)
+        frames = iter_frames(video, VIDEO_FPS, decoding)
         for _, rgb in tqdm(frames, total=expected, desc="enroll: faces", unit="frame", disable=not progress):
             thumb = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (_THUMB_PX, _THUMB_PX),
                                interpolation=cv2.INTER_AREA)
@@ -344,6 +361,7 @@ def _first_pass(video: Path, info: VideoInfo, config: EnrollConfig, progress: bo
             columns["mouth_patches"].append(measures.mouth_patch)
             columns["interocular"].append(measures.interocular_px)
             columns["pose"].append(head_pose(step.subject, (info.width, info.height)))
+    damage.refuse_unreadable_video(video, decoding, config.max_damaged_fraction, VIDEO_FPS)
     if len(columns["landmarks"]) < VIDEO_FPS:
         raise UnprocessableError(
             f"{video} holds {len(columns['landmarks'])} frames; expected a video of at least a few seconds"
@@ -357,6 +375,7 @@ def _first_pass(video: Path, info: VideoInfo, config: EnrollConfig, progress: bo
         interocular=np.array(columns["interocular"], np.float64),
         pose=np.array(columns["pose"], np.float64),
         faces_seen=np.array(columns["faces_seen"], np.int16),
+        damage=decoding,
     )
 
 

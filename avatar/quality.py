@@ -15,8 +15,10 @@ import numpy as np
 from avatar import align
 
 # Reasons a frame is rejected, in bit order. Documented in the README's enrollment section.
+# New reasons go at the end, so the bits of existing packs keep their meaning (the pack stores flags as uint8:
+# "damaged" takes the last free bit).
 FLAG_REASONS = ("no_face", "other_face_dominant", "low_confidence", "occluded_mouth", "extreme_pose",
-                "motion_blur", "scene_cut")
+                "motion_blur", "scene_cut", "damaged")
 FLAG_BITS = {name: np.uint8(1 << bit) for bit, name in enumerate(FLAG_REASONS)}
 
 # FaceMesh indices of each eye's outer and inner corner and its lid midpoints ("left" = image left).

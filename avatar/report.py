@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ _COLOURS = {  # RGB
     "ok": (40, 170, 70), "holdout": (60, 110, 220), "idle": (230, 190, 40),
     "no_face": (120, 120, 120), "other_face_dominant": (200, 60, 200), "low_confidence": (240, 140, 30),
     "occluded_mouth": (220, 40, 40), "extreme_pose": (150, 80, 30), "motion_blur": (90, 200, 220),
-    "scene_cut": (20, 20, 20),
+    "scene_cut": (20, 20, 20), "damaged": (255, 80, 160),
 }
 
 
@@ -38,7 +39,7 @@ def _range(values: np.ndarray) -> list[float] | None:
 def summarise(*, video: Path, info: VideoInfo, flags: np.ndarray, valid: np.ndarray, pose: np.ndarray,
               holdout: tuple[int, int], idle: list[dict[str, Any]], base_range: tuple[int, int],
               reference_bank: list[int], speech: np.ndarray, level: np.ndarray, audio: np.ndarray,
-              faces_seen: np.ndarray) -> dict[str, Any]:
+              faces_seen: np.ndarray, damage: dict[str, Any]) -> dict[str, Any]:
     """The report's content (also returned by ``enroll``)."""
     count = flags.shape[0]
     train = valid.copy()
@@ -55,6 +56,7 @@ def summarise(*, video: Path, info: VideoInfo, flags: np.ndarray, valid: np.ndar
         "usable_s": round(float(valid.sum()) / VIDEO_FPS, 2),
         "trainable_s": round(float(train.sum()) / VIDEO_FPS, 2),
         "rejected_frames": rejected_counts(flags),
+        "damage": damage,
         "max_faces_in_a_frame": int(faces_seen.max()) if faces_seen.size else 0,
         "pose_range_deg": {axis: _range(pose[valid, i].astype(np.float64)) for i, axis in
                            enumerate(("yaw", "pitch", "roll"))},
@@ -115,7 +117,7 @@ def contact_sheet(thumbs: dict[int, np.ndarray], crops: np.ndarray, flags: np.nd
     pair_w = 2 * _TILE_PX
     cell_h = _TILE_PX + 22
     rows = max(1, -(-len(thumbs) // SHEET_COLUMNS))
-    header, timeline_h, legend_h = 34, 40, 26 * 2
+    header, timeline_h, legend_h = 34, 40, 26 * math.ceil(len(_COLOURS) / 5)
     sheet = np.full((header + rows * cell_h + timeline_h + legend_h, SHEET_COLUMNS * pair_w, 3), 245, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     usable = int(np.count_nonzero(flags == 0))

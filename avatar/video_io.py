@@ -1,4 +1,9 @@
-"""Reading and writing footage with PyAV: constant-rate RGB frames in, H.264 + AAC mp4 out."""
+"""Reading and writing footage with PyAV: constant-rate RGB frames in, H.264 + AAC mp4 out.
+
+Decoding goes through damage as players do (see ``avatar.damage``): a packet that will not decode is counted and
+skipped, audio lost with it becomes silence of its duration (so what follows keeps its timestamps), and the video
+frames it spoils are reported for the caller to flag.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import av
 import numpy as np
 
 from avatar.audio import PLAYBACK_RATE_HZ
+from avatar.damage import AudioAssembler, DecodedAudio, PictureLog, VideoDamage, decode_packet
 from twincast.errors import InputError, NotFoundError, UnprocessableError
 
 _STILL_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "gif"}
@@ -49,6 +55,20 @@ def _open(path: Path) -> Any:
                          "not a video; expected an mp4/mov/mkv/webm/avi recording") from exc
 
 
+def _first_picture(path: Path, container: Any, stream: Any) -> Any:
+    """The first frame of ``stream`` that decodes, going past damaged packets."""
+    error = None
+    try:
+        for packet in container.demux(stream):
+            frames, error = decode_packet(packet)
+            if frames:
+                return frames[0]
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path}: its video stream cannot be read ({exc}); the file is corrupt") from exc
+    reason = f" ({error})" if error else ""
+    raise InputError(f"{path}: its video stream holds no decodable frame{reason}; the file is corrupt or empty")
+
+
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     """Turn a decoded frame as its display matrix says (a phone's portrait recording stands up)."""
     turns = round(rotation / 90) % 4
@@ -76,12 +96,7 @@ def probe(path: Path) -> VideoInfo:
             duration_s = float(video.duration * video.time_base)
         audio = container.streams.audio[0] if container.streams.audio else None
         video_duration_s = float(video.duration * video.time_base) if video.duration and video.time_base else None
-        try:
-            first = next(container.decode(video), None)
-        except av.error.FFmpegError as exc:
-            raise InputError(f"{path}: its video stream cannot be decoded ({exc}); the file is corrupt") from exc
-        if first is None:
-            raise InputError(f"{path}: its video stream holds no decodable frame; the file is corrupt or empty")
+        first = _first_picture(path, container, video)
         rotation = int(round(first.rotation or 0)) % 360
         width, height = video.codec_context.width, video.codec_context.height
         if rotation in (90, 270):
@@ -102,74 +117,109 @@ def probe(path: Path) -> VideoInfo:
         )
 
 
-def iter_frames(path: Path, fps: int) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(path: Path, fps: int, damage: VideoDamage | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode ``path`` to RGB frames resampled to a constant ``fps`` by presentation time.
 
     Output frame *n* shows the source frame nearest in time to n / fps (the earlier one on a tie), so variable
     and higher or lower source rates all map to one clock without a systematic delay. Frames are turned upright
-    per their rotation metadata.
+    per their rotation metadata. Packets that will not decode are skipped as players skip them: the output
+    still spans the stream's timeline, a lost stretch showing the nearest picture that did decode. ``damage``,
+    when given, is filled in after the last frame: which output frames show damage, and how much there was.
 
     Raises:
-        InputError: the stream cannot be decoded.
+        InputError: the container cannot be read.
     """
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        pictures = PictureLog(stream.average_rate or stream.guessed_rate)
         next_index = 0
         previous: np.ndarray | None = None
         previous_s = 0.0
         start: float | None = None
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.time_base is None:
-                    continue
-                time_s = float(frame.pts * frame.time_base)
-                start = time_s if start is None else start
-                time_s -= start
-                rgb = _upright(frame.to_ndarray(format="rgb24"), int(round(frame.rotation or 0)))
-                while previous is not None and next_index / fps < time_s - 1e-6:
-                    target_s = next_index / fps
-                    yield next_index, previous if target_s - previous_s <= time_s - target_s + 1e-6 else rgb
-                    next_index += 1
-                previous, previous_s = rgb, time_s
+            for packet in container.demux(stream):
+                frames, error = decode_packet(packet)
+                pictures.sent(packet, error)
+                for frame in frames:
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    time_s = float(frame.pts * frame.time_base)
+                    pictures.came_out(frame, time_s)
+                    if start is None:
+                        start = time_s
+                        if pictures.errors:  # pictures lost before the first one that decoded keep their place
+                            start = min([start, *pictures.sent_times_s()])
+                    rgb = _upright(frame.to_ndarray(format="rgb24"), int(round(frame.rotation or 0)))
+                    while previous is not None and start + next_index / fps < time_s - 1e-6:
+                        target_s = start + next_index / fps
+                        earlier = target_s - previous_s <= time_s - target_s + 1e-6
+                        pictures.showed(target_s, previous_s if earlier else time_s)
+                        yield next_index, previous if earlier else rgb
+                        next_index += 1
+                    previous, previous_s = rgb, time_s
         except av.error.FFmpegError as exc:
-            raise InputError(f"{path} could not be decoded at output frame {next_index}: {exc}") from exc
-        if previous is not None:
-            yield next_index, previous
+            raise InputError(f"{path} could not be read at output frame {next_index}: {exc}") from exc
+        if previous is not None and start is not None:
+            last_lost_s = pictures.last_lost_s()  # pictures lost at the end keep their place
+            end_s = previous_s if last_lost_s is None else max(previous_s, last_lost_s)
+            while True:
+                pictures.showed(start + next_index / fps, previous_s)
+                yield next_index, previous
+                next_index += 1
+                if start + next_index / fps > end_s + 1e-6:
+                    break
+        if damage is not None:
+            pictures.report(damage)
 
 
 def read_audio(path: Path, sample_rate_hz: int) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate_hz``.
+    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate_hz`` (see ``decode_audio``).
 
     Raises:
         UnprocessableError: the file has no audio stream or it holds no samples.
     """
-    return read_audio_rates(path, sample_rate_hz)[0]
+    return decode_audio(path, sample_rate_hz).tracks[0]
 
 
 def read_audio_rates(path: Path, *rates_hz: int) -> list[np.ndarray]:
-    """Decode the first audio stream of ``path`` once, to mono float32 at each of ``rates_hz``.
+    """Decode the first audio stream of ``path`` once, to mono float32 at each of ``rates_hz`` (see
+    ``decode_audio``).
 
     Raises:
         UnprocessableError: the file has no audio stream or it holds no samples.
+    """
+    return list(decode_audio(path, *rates_hz).tracks)
+
+
+def decode_audio(path: Path, *rates_hz: int) -> DecodedAudio:
+    """Decode the first audio stream of ``path`` once, through damage, to mono float32 at each of ``rates_hz``.
+
+    Raises:
+        UnprocessableError: the file has no audio stream, or no packet of it decodes.
+        InputError: the container cannot be read.
     """
     with _open(path) as container:
         if not container.streams.audio:
             raise UnprocessableError(f"{path} has no audio track; enrollment needs the person's speech")
         stream = container.streams.audio[0]
-        resamplers = [av.AudioResampler(format="flt", layout="mono", rate=rate) for rate in rates_hz]
-        chunks: list[list[np.ndarray]] = [[] for _ in rates_hz]
+        start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+        assembler = AudioAssembler(rates_hz, start_s)
         try:
-            for frame in container.decode(stream):
-                for resampler, into in zip(resamplers, chunks, strict=True):
-                    into.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            for resampler, into in zip(resamplers, chunks, strict=True):
-                into.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+            for packet in container.demux(stream):
+                frames, error = decode_packet(packet)
+                assembler.sent(packet, error)
+                for frame in frames:
+                    assembler.add(frame)
+            decoded = assembler.finish()
         except av.error.FFmpegError as exc:
-            raise InputError(f"{path}: audio could not be decoded: {exc}") from exc
-    if not chunks[0]:
+            raise InputError(f"{path}: audio could not be read: {exc}") from exc
+    if not decoded.tracks[0].size:
+        if decoded.damaged_packets:
+            raise UnprocessableError(f"{path}: none of its {decoded.packets} audio packets could be decoded "
+                                     f"({decoded.first_error}); the audio track is corrupt")
         raise UnprocessableError(f"{path}: the audio track holds no samples")
-    return [np.concatenate(into).astype(np.float32) for into in chunks]
+    return decoded
 
 
 class VideoWriter:

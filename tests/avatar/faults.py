@@ -1,9 +1,11 @@
 """Re-encode the synthetic clip with the faults real recordings have: rotation metadata, other frame rates,
-variable frame timing, 44.1 kHz stereo audio, other containers, and edited pictures (faces, cuts, blur)."""
+variable frame timing, 44.1 kHz stereo audio, other containers, edited pictures (faces, cuts, blur), and
+damaged packets."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -90,3 +92,80 @@ def lag_of_best_match(truth: np.ndarray, measured: np.ndarray, reach: int = 4) -
         if correlation > best[1]:
             best = (lag, correlation)
     return best
+
+
+def encode_camera(path: Path, frames: Sequence[np.ndarray], audio: np.ndarray, *, video_codec: str = "libx264",
+                  audio_codec: str = "aac", keyframe_s: float = 1.0) -> Path:
+    """Write 25-fps frames and 48 kHz stereo audio as a camera does: constant rate, a keyframe every
+    ``keyframe_s``, the container chosen by the file name (mpeg4 + ac3 in avi like a consumer camera, h264 +
+    aac in mp4 or mkv like a phone)."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(video_codec, rate=25)
+        height, width = frames[0].shape[:2]
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.gop_size = round(keyframe_s * 25)
+        if video_codec == "libx264":
+            video.options = {"crf": "18", "preset": "veryfast"}
+        else:
+            video.bit_rate = 1_500_000
+        sound = container.add_stream(audio_codec, rate=PLAYBACK_RATE_HZ, layout="stereo")
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        planes = np.stack([audio, 0.5 * audio]).astype(np.float32)
+        block = sound.codec_context.frame_size or 1024
+        for start in range(0, planes.shape[1], block):
+            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, start : start + block]), format="fltp",
+                                                layout="stereo")
+            aframe.sample_rate = PLAYBACK_RATE_HZ
+            aframe.pts = start
+            for packet in sound.encode(aframe):
+                container.mux(packet)
+        for packet in sound.encode(None):
+            container.mux(packet)
+    return path
+
+
+@dataclass(frozen=True)
+class StoredPacket:
+    """Where one packet's payload lies in a file, and what it holds."""
+
+    offset: int  # the payload's first byte
+    size: int
+    time_s: float
+    keyframe: bool
+
+
+def stored_packets(path: Path, kind: str) -> list[StoredPacket]:
+    """The packets of the first ``kind`` ("audio" or "video") stream, in file order, located in the file's bytes.
+
+    A demuxer's ``packet.pos`` is where the packet's chunk or block starts; its payload follows a few bytes of
+    header (none in mp4), so it is looked for there.
+    """
+    data = path.read_bytes()
+    found = []
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        for packet in container.demux(stream):
+            if not packet.size or packet.pos is None or packet.pos < 0 or packet.pts is None:
+                continue
+            payload = bytes(packet)
+            offset = data.find(payload, packet.pos, packet.pos + packet.size + 64)
+            if offset >= 0:
+                found.append(StoredPacket(offset, packet.size, float(packet.pts * packet.time_base),
+                                          packet.is_keyframe))
+    return found
+
+
+def overwrite(path: Path, packets: Sequence[StoredPacket], seed: int = 0) -> None:
+    """Replace the payloads of ``packets`` in ``path`` with random bytes, as a bad sector or a dropped radio
+    link leaves them; the container around them is untouched."""
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for packet in packets:
+        data[packet.offset : packet.offset + packet.size] = rng.integers(0, 256, packet.size, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
