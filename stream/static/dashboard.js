@@ -114,8 +114,17 @@ async function connectPreview() {
   state.preview = peer;
   peer.addTransceiver("video", { direction: "recvonly" });
   peer.addTransceiver("audio", { direction: "recvonly" });
+  // One stream per connection, given to the element once: each srcObject assignment reloads the element.
   const stream = new MediaStream();
-  peer.ontrack = (event) => { stream.addTrack(event.track); $("video").srcObject = stream; $("video").play().catch(() => {}); };
+  const attach = () => {
+    if (state.preview !== peer || $("video").srcObject === stream || !stream.getTracks().length) return;
+    $("video").srcObject = stream;
+    playPreview();
+  };
+  peer.ontrack = (event) => {
+    stream.addTrack(event.track);
+    if (stream.getVideoTracks().length && stream.getAudioTracks().length) attach();
+  };
   peer.onconnectionstatechange = () => {
     const live = peer.connectionState === "connected";
     setBadge("live", live ? "live" : peer.connectionState, live ? "ok" : peer.connectionState === "failed" ? "bad" : "");
@@ -129,9 +138,31 @@ async function connectPreview() {
   if (response.status !== 201) { toast("preview: " + (await response.text())); return; }
   state.previewResource = response.headers.get("Location");
   await peer.setRemoteDescription({ type: "answer", sdp: await response.text() });
+  attach();  // an answer without one of the two tracks still shows what it has
 }
 
-$("sound").onclick = (event) => { $("video").muted = !$("video").muted; event.target.textContent = $("video").muted ? "Sound on" : "Mute"; };
+// The preview starts muted (an operator hears the show elsewhere); "Sound on" is their choice, made with a click.
+async function playPreview() {
+  const video = $("video");
+  try {
+    await video.play();
+  } catch (error) {
+    if (error.name === "AbortError") return;  // a newer load (session switch, reconnect) replaced this one
+    if (error.name === "NotAllowedError" && !video.muted) {  // sound refused: keep the picture, muted
+      video.muted = true;
+      await video.play().catch((muted) => toast("preview: " + muted.message));
+      return;
+    }
+    toast("preview: " + error.message);
+  }
+}
+
+function showSound() {
+  $("sound").textContent = $("video").muted ? "Sound on" : "Mute";
+}
+$("video").addEventListener("volumechange", showSound);  // the label follows the element, whoever changed it
+$("sound").onclick = () => { $("video").muted = !$("video").muted; if (!$("video").muted) playPreview(); };
+showSound();
 
 function setBadge(id, text, kind) {
   const badge = $(id);

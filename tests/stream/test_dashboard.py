@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,15 @@ from stream.config import ServeConfig
 from stream.runtime import TwinRuntime
 from stream.session import Twin
 from tests.helpers import ServerProcess, http
-from tests.stream.test_player_chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.stream.test_player_chromium import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DEFAULT_POLICY_ARGS,
+    SILENCE_LEVEL,
+    SPEECH_LEVEL,
+    keep_screenshot,
+    quiet_then_speech,
+)
 
 
 def _fill(path: str) -> str:
@@ -134,14 +143,19 @@ def test_script_api_reorders_deletes_and_cues(server: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
+def playwright() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            *CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
-        yield chromium
-        chromium.close()
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        *CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+    yield chromium
+    chromium.close()
 
 
 def test_a_producer_runs_the_broadcast_from_the_dashboard(server: ServerProcess, browser) -> None:  # type: ignore[no-untyped-def]
@@ -191,3 +205,35 @@ def test_a_producer_runs_the_broadcast_from_the_dashboard(server: ServerProcess,
     page.wait_for_timeout(500)
     assert server.get("/api/stats")[1]["upstreams"] == []
     page.close()
+
+
+PREVIEW = """({
+  playing: !document.getElementById("video").paused && document.getElementById("video").currentTime > 0,
+  muted: document.getElementById("video").muted,
+  label: document.getElementById("sound").textContent,
+})"""
+
+
+def test_the_preview_is_muted_until_sound_on_and_the_button_says_which(server: ServerProcess, playwright: Any) -> None:
+    # An operator's ordinary browser (default autoplay policy): the click on "Sound on" is the gesture sound needs.
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=DEFAULT_POLICY_ARGS)
+    try:
+        page = chromium.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(f"{server.url}/dashboard#token={server.token}")
+        page.wait_for_function(f"({PREVIEW}).playing", timeout=30_000)
+        assert page.evaluate(PREVIEW) == {"playing": True, "muted": True, "label": "Sound on"}  # quiet by default
+        page.click("#sound")
+        page.wait_for_function(f"!({PREVIEW}).muted", timeout=5_000)
+        assert page.evaluate(PREVIEW) == {"playing": True, "muted": False, "label": "Mute"}
+        quiet, loud = quiet_then_speech(page, server, "The producer hears the preview now.")
+        assert quiet < SILENCE_LEVEL and loud > SPEECH_LEVEL, (quiet, loud)  # the stream it plays carries the voice
+        assert page.evaluate(PREVIEW) == {"playing": True, "muted": False, "label": "Mute"}
+        keep_screenshot(page, "dashboard-sound-on.png")
+        page.click("#sound")
+        page.wait_for_function(f"({PREVIEW}).muted", timeout=5_000)
+        assert page.evaluate(PREVIEW) == {"playing": True, "muted": True, "label": "Sound on"}
+        # Sound turned on another way (the browser's own menu on the video): the button follows the element.
+        page.evaluate("document.getElementById('video').muted = false")
+        page.wait_for_function("document.getElementById('sound').textContent === 'Mute'", timeout=5_000)
+    finally:
+        chromium.close()
