@@ -46,7 +46,7 @@ class SessionTally:
 
 
 def due_at(when: float) -> Callable[[np.ndarray], float]:
-    """A job's ``finish``: the payload it hands back is the time its frame had to be back by."""
+    """A job's ``paste_back``: the payload it hands back is the time its frame had to be back by."""
     return lambda face: when
 
 
@@ -54,7 +54,8 @@ async def run_sessions(engine: Engine, count: int, seconds: float, max_batch: in
     """``count`` sessions for ``seconds`` through one render worker; returns the row's figures."""
     loop = asyncio.get_running_loop()
     worker = RenderWorker({"twin": engine}, loop, max_batch=max_batch)
-    worker.feeds["twin"] = count
+    for _ in range(count):
+        worker.attach("twin")
     worker.start()
     grid = time.monotonic()
     tallies = [SessionTally() for _ in range(count)]
@@ -75,7 +76,7 @@ async def run_sessions(engine: Engine, count: int, seconds: float, max_batch: in
             await clock.sleep_until(clock.deadline(frame))
             late_after = clock.deadline(frame + 1)
             worker.submit(RenderJob(session_id=str(index), frame_index=frame, generation=0, engine="twin",
-                                    inputs=inputs[index], finish=due_at(late_after),
+                                    inputs=inputs[index], paste_back=due_at(late_after),
                                     deliver=deliver, is_current=lambda generation: True))
             frame += 1
             tally.submitted += 1

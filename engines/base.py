@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, NotRequired, TypedDict
 
 import numpy as np
 
@@ -32,6 +32,24 @@ ENGINES: dict[str, str] = {
     "tensorrt": "engines.tensorrt_engine:TensorRTEngine",
 }
 PRECISIONS = ("fp32", "fp16")
+
+
+class EngineInfo(TypedDict):
+    """What an engine is (``Engine.describe``): backend, sampler steps, crop, precision, threads, device, why it
+    was chosen and what it fell back from; each backend adds its own details."""
+
+    engine: str
+    steps: int
+    crop_px: int
+    precision: str
+    threads: int
+    device: str
+    chosen_because: str | None
+    fallback: str | None
+    providers: NotRequired[list[str]]  # ONNX Runtime's execution providers, in order
+    cuda_graphs: NotRequired[bool]  # PyTorch: whether calls replay captured CUDA graphs
+    plan: NotRequired[str]  # TensorRT: the plan file's name …
+    plan_cached: NotRequired[bool]  # … and whether it came from the cache
 
 
 @dataclass(frozen=True)
@@ -136,7 +154,7 @@ class Engine(ABC):
         return {tensor.name: np.zeros(self.input_shape(tensor.name, batch), tensor.dtype)
                 for tensor in self.spec.inputs}
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         """What this engine is, for logs, stats and the dashboard."""
         return {"engine": self.name, "steps": self.spec.steps, "crop_px": self.spec.crop_px,
                 "precision": self.options.precision,

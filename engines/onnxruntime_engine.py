@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import Engine, EngineOptions
+from engines.base import Engine, EngineInfo, EngineOptions
 from export.spec import TwinSpec
 from twincast.errors import ArtifactMismatchError, DependencyError
 
@@ -74,7 +74,7 @@ class OnnxRuntimeEngine(Engine):
         self._session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0])
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         # The graph's precision was fixed at export; options.precision does not apply to it.
         return {**super().describe(), "precision": self.spec.precision,
                 "providers": [p if isinstance(p, str) else p[0] for p in self.providers]}

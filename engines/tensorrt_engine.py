@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Engine, EngineOptions
+from engines.base import Engine, EngineInfo, EngineOptions
 from engines.tensorrt_build import BatchProfile, build_plan, default_plan_dir, require_tensorrt
 from export.spec import TwinSpec
 from twincast.errors import ArtifactMismatchError
@@ -102,7 +102,7 @@ class TensorRTEngine(Engine):
     def memory_mb(self) -> float | None:
         return float(self._torch.cuda.max_memory_allocated()) / 2**20 + self._engine.device_memory_size / 2**20
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         return {**super().describe(), "plan": self.plan.plan.name, "plan_cached": self.plan.cached}
 
     def close(self) -> None:

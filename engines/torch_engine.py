@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineOptions
+from engines.base import Engine, EngineInfo, EngineOptions
 from export.onnx_export import build_renderer
 from export.spec import TwinSpec
 from model.checkpoint import load_checkpoint
@@ -75,7 +74,7 @@ class TorchEngine(Engine):
             return None
         return float(torch.cuda.max_memory_allocated(self._device)) / 2**20
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         return {**super().describe(), "cuda_graphs": self._device.type == "cuda" and self.options.cuda_graphs}
 
     def close(self) -> None:

@@ -125,8 +125,10 @@ class AudioQueue:
     """FIFO of per-frame chunks, bounded at ``max_frames``.
 
     Overflow rule: an utterance that does not fit is refused whole (``PayloadTooLargeError``) and nothing
-    already queued is dropped; live chunks (``extend_live``) instead drop the oldest queued live audio beyond
-    ``max_live_frames``, so a live microphone never builds up latency.
+    already queued is dropped; live chunks (``extend_live``) instead drop the oldest queued *live* audio beyond
+    ``max_live_frames``, so a live microphone never builds up latency. Live audio never drops queued speech: a
+    script line cued while the microphone is on is spoken whole, and the live voice queued behind it is cut to
+    its newest ``max_live_frames`` until the line ends.
     """
 
     def __init__(self, max_frames: int, max_live_frames: int = 8) -> None:
@@ -134,6 +136,7 @@ class AudioQueue:
         self.max_live_frames = max_live_frames
         self.dropped_live = 0
         self._chunks: deque[AudioChunk] = deque()
+        self._live: deque[AudioChunk] = deque()  # the queued live chunks, oldest first (also in _chunks)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -153,21 +156,36 @@ class AudioQueue:
         return len(chunks)
 
     def extend_live(self, chunks: list[AudioChunk]) -> int:
-        """Queue live chunks, dropping the oldest beyond ``max_live_frames``; returns how many were dropped."""
+        """Queue live chunks, dropping the oldest live ones beyond ``max_live_frames``; returns how many were
+        dropped. Queued speech that is not live is never dropped here."""
         self._chunks.extend(chunks)
+        self._live.extend(chunks)
         dropped = 0
-        while len(self._chunks) > self.max_live_frames:
-            self._chunks.popleft()
+        while len(self._live) > self.max_live_frames:
+            oldest = self._live.popleft()
+            self._remove(oldest)
             dropped += 1
         self.dropped_live += dropped
         return dropped
 
+    def _remove(self, chunk: AudioChunk) -> None:
+        for index, queued in enumerate(self._chunks):  # by identity: equal-looking chunks are distinct frames
+            if queued is chunk:
+                del self._chunks[index]
+                return
+
     def pop(self) -> AudioChunk:
         """The next frame's audio, or silence when nothing is queued."""
-        return self._chunks.popleft() if self._chunks else SILENCE
+        if not self._chunks:
+            return SILENCE
+        chunk = self._chunks.popleft()
+        if self._live and self._live[0] is chunk:
+            self._live.popleft()
+        return chunk
 
     def clear(self) -> int:
         """Drop everything queued; returns how many frames were dropped."""
         dropped = len(self._chunks)
         self._chunks.clear()
+        self._live.clear()
         return dropped

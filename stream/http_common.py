@@ -7,7 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from stream.runtime import MAX_SDP_BYTES, TwinRuntime
+from stream.peers import MAX_SDP_BYTES
+from stream.runtime import TwinRuntime
 from twincast.errors import InputError, PayloadTooLargeError
 
 RUNTIME: web.AppKey[TwinRuntime] = web.AppKey("runtime", TwinRuntime)

@@ -23,6 +23,7 @@ from stream.http_common import (
     read_sdp,
 )
 from stream.push import PushProtocol
+from stream.stats import stats_json
 from twincast.errors import InputError, PayloadTooLargeError, UnprocessableError
 
 STATS_EVERY_S = 0.5
@@ -58,7 +59,7 @@ async def auth_check(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """Everything the health panel shows, as JSON."""
-    return web.json_response(request.app[RUNTIME].stats())
+    return web.json_response(stats_json(request.app[RUNTIME].stats()))
 
 
 async def event_log(request: web.Request) -> web.Response:
@@ -75,14 +76,14 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
     queue = log.subscribe()
     try:
         await socket.send_json({"type": "hello", "events": [e.to_dict() for e in log.recent(100)],
-                                "stats": runtime.stats()})
+                                "stats": stats_json(runtime.stats())})
         next_stats = time.monotonic() + STATS_EVERY_S
         while not socket.closed:
             with contextlib.suppress(TimeoutError):  # events as they come, stats on their own cadence
                 event = await asyncio.wait_for(queue.get(), timeout=max(0.0, next_stats - time.monotonic()))
                 await socket.send_json({"type": "event", **event.to_dict()})
             if time.monotonic() >= next_stats:
-                await socket.send_json({"type": "stats", "stats": runtime.stats()})
+                await socket.send_json({"type": "stats", "stats": stats_json(runtime.stats())})
                 next_stats = time.monotonic() + STATS_EVERY_S
     except ConnectionResetError:
         pass
@@ -192,7 +193,8 @@ async def pose(request: web.Request) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """Sessions and the twins they show."""
     runtime = request.app[RUNTIME]
-    return web.json_response({"sessions": [{"id": key, "twin": s.twin.name} for key, s in runtime.sessions.items()],
+    return web.json_response({"sessions": [{"id": key, "twin": channel.session.twin.name}
+                                           for key, channel in runtime.channels.items()],
                               "twins": sorted(runtime.twins)})
 
 
@@ -203,7 +205,7 @@ async def create_session(request: web.Request) -> web.Response:
     session_id, twin = optional_str(body, "id"), optional_str(body, "twin")
     if not session_id:
         raise InputError('body must name the new session: {"id": "…", "twin": "…"}')
-    session = runtime.add_session(session_id, twin or runtime.sessions[runtime.default_session_id].twin.name)
+    session = runtime.add_session(session_id, twin or runtime.session().twin.name)
     return web.json_response({"id": session.session_id, "twin": session.twin.name}, status=201)
 
 
@@ -215,7 +217,7 @@ async def delete_session(request: web.Request) -> web.Response:
 
 async def list_outputs(request: web.Request) -> web.Response:
     """RTMP pushes and recordings, with their state (stream keys masked)."""
-    return web.json_response({"outputs": [o.describe() for o in request.app[RUNTIME].outputs.values()]})
+    return web.json_response({"outputs": [o.describe() for o in request.app[RUNTIME].outputs()]})
 
 
 async def create_output(request: web.Request) -> web.Response:
@@ -234,7 +236,8 @@ async def create_output(request: web.Request) -> web.Response:
 
 async def delete_output(request: web.Request) -> web.Response:
     """Stop an output (finishing a recording)."""
-    return web.json_response(await request.app[RUNTIME].remove_output(request.match_info["output_id"]))
+    output = await request.app[RUNTIME].remove_output(request.match_info["output_id"])
+    return web.json_response(output.describe())
 
 
 async def get_script(request: web.Request) -> web.Response:

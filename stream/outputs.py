@@ -26,6 +26,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from stream.stats import OutputStats
 from twincast.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class StreamOutput:
     """One running output of one session."""
 
     def __init__(self, output_id: str, session_id: str, kind: str, target: str, video: MediaStreamTrack,
-                 audio: MediaStreamTrack, frame_size: tuple[int, int], fps: int) -> None:
+                 audio: MediaStreamTrack, frame_size: tuple[int, int], fps: int, *,
+                 on_state: Callable[[StreamOutput], None] | None = None) -> None:
         self.output_id = output_id
         self.session_id = session_id
         self.kind = kind
@@ -92,8 +94,16 @@ class StreamOutput:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"twincast-output-{output_id}", daemon=True)
         self._readers: list[asyncio.Task[Any]] = []
+        self._on_state = on_state  # called on the event loop after each state change
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def describe(self) -> dict[str, Any]:
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        """Change state (on the encoder thread) and announce it on the event loop."""
+        self.state, self.error = state, error
+        if self._on_state is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_state, self)
+
+    def describe(self) -> OutputStats:
         """For the API and stats; the stream key is masked."""
         return {"id": self.output_id, "session": self.session_id, "kind": self.kind,
                 "target": mask_url(self.target) if self.kind == "rtmp" else self.target, "state": self.state,
@@ -102,6 +112,7 @@ class StreamOutput:
 
     def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]) -> None:
         """Start the encoder thread and the two track readers (as tasks made by ``spawn``)."""
+        self._loop = asyncio.get_running_loop()
         self._thread.start()
         self._readers = [spawn(self._read(self._video, "video"), f"output-{self.output_id}-video"),
                          spawn(self._read(self._audio, "audio"), f"output-{self.output_id}-audio")]
@@ -149,11 +160,11 @@ class StreamOutput:
             except (av.error.FFmpegError, OSError, ValueError) as exc:
                 message = self._scrub(str(exc))
                 if self.kind == "record":
-                    self.state, self.error = "failed", message
+                    self._set_state("failed", message)
                     log.error("recording %s failed: %s", self.target, message)
                     return
-                self.state, self.error = "reconnecting", message
                 self.reconnects += 1
+                self._set_state("reconnecting", message)
                 log.warning("output %s to %s: %s; reconnecting in %.0f s", self.output_id, mask_url(self.target),
                             message, backoff)
                 deadline = time.monotonic() + backoff
@@ -162,7 +173,7 @@ class StreamOutput:
                         self._queue.get(timeout=0.1)  # drop frames while disconnected: latency must not grow
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         if self.state != "failed":
-            self.state = "stopped"
+            self._set_state("stopped", self.error)
 
     def _stream_once(self) -> None:
         if self.kind == "record":
@@ -182,7 +193,7 @@ class StreamOutput:
                              "sc_threshold": "0", "bf": "0"}
             audio = container.add_stream("aac", rate=48_000, layout="mono")
             audio.bit_rate = AUDIO_BITRATE
-            self.state, self.error = ("recording" if self.kind == "record" else "live"), None
+            self._set_state("recording" if self.kind == "record" else "live")
             self._pump(container, video, audio)
             for packet in video.encode(None):
                 container.mux(packet)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from stream.stats import PoseStats
 from twincast.errors import InputError
 
 WEBCAM_TIMEOUT_S = 1.0  # no webcam pose for this long: fall back to the loop
@@ -113,9 +114,10 @@ class PoseController:
 
     MODES = ("loop", "still", "script", "webcam")
 
-    def __init__(self, base_poses: np.ndarray, mode: str = "loop",
-                 now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, base_poses: np.ndarray, mode: str = "loop", *, now: Callable[[], float] = time.monotonic,
+                 on_fallback: Callable[[], None] | None = None) -> None:
         self.base_count = int(base_poses.shape[0])
+        self._on_fallback = on_fallback
         self.loop = LoopPose(self.base_count)
         self.target = TargetPose(base_poses, now)
         self.still = StillPose(self.base_count)
@@ -151,11 +153,13 @@ class PoseController:
         if self.mode == "webcam" and self.target.stale:
             self.fallbacks += 1
             self.set_mode("loop")
+            if self._on_fallback is not None:
+                self._on_fallback()
         driver: PoseDriver = self.loop if self.mode == "loop" else self.still if self.mode == "still" else self.target
         index = driver.base_index(frame_index)
         self._last = (frame_index, index)
         return index
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> PoseStats:
         """For stats: the mode, the base frame on screen and how often the webcam was lost."""
         return {"mode": self.mode, "base_index": self._last[1], "webcam_fallbacks": self.fallbacks}

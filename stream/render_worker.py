@@ -4,7 +4,8 @@ Jobs are submitted from the event loop without blocking it; results come back on
 ``call_soon_threadsafe``. Each engine call takes the oldest job and every other queued job for the same engine
 (up to ``max_batch``), so sessions of one twin share calls. Sessions tick on one frame grid, so their jobs
 arrive within a fraction of a millisecond of each other; when fewer jobs are queued than sessions feed that
-engine, the worker waits up to ``gather_s`` after the oldest job for the rest. Jobs of a superseded generation
+engine (``attach``/``detach`` keep that count), the worker waits up to ``gather_s`` after the oldest job for the
+rest. After the engine call each job's ``paste_back`` runs here too, off the event loop. Jobs of a superseded generation
 (after an interrupt) are dropped before rendering. An urgent job (the first frame re-rendered after an interrupt,
 whose deadline is one frame away) goes to the front of the queue and is rendered in a call of its own, without
 waiting for other jobs: the closed mouth does not wait for a batch.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
+from stream.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class RenderJob:
     generation: int
     engine: str  # key of the engine that renders it
     inputs: dict[str, np.ndarray]  # each without the batch axis
-    finish: Callable[[np.ndarray], Any]  # runs on the worker thread: rendered face → deliverable frame
+    paste_back: Callable[[np.ndarray], Any]  # on the worker thread: the rendered face pasted into its frame
     deliver: Callable[[RenderedFrame], None]  # runs on the event loop
     is_current: Callable[[int], bool]  # whether a generation is still wanted
     urgent: bool = False  # rendered next, alone, ahead of every queued job
@@ -66,11 +68,13 @@ class RenderWorker:
     """
 
     def __init__(self, engines: dict[str, Engine], loop: asyncio.AbstractEventLoop, *, max_batch: int,
-                 max_jobs: int = 256, gather_s: float = 0.004) -> None:
+                 max_jobs: int = 256, gather_s: float = 0.004,
+                 on_failure: Callable[[int], None] | None = None) -> None:
         self.engines = engines
         self.max_batch = max_batch
         self.gather_s = gather_s
-        self.feeds: Counter[str] = Counter()  # engine key → sessions that submit a job to it every tick
+        self._feeds: Counter[str] = Counter()  # engine key → sessions that submit a job to it every tick
+        self._on_failure = on_failure  # called on the loop with the frames a failed batch lost
         self._loop = loop
         self._jobs: deque[RenderJob] = deque(maxlen=max_jobs)
         self._wake = threading.Condition()
@@ -95,6 +99,16 @@ class RenderWorker:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
+    def attach(self, engine: str) -> None:
+        """A session now submits one job per tick to ``engine``."""
+        with self._wake:
+            self._feeds[engine] += 1
+
+    def detach(self, engine: str) -> None:
+        """A session of ``engine`` stopped."""
+        with self._wake:
+            self._feeds[engine] -= 1
+
     @property
     def depth(self) -> int:
         """Jobs waiting."""
@@ -111,6 +125,12 @@ class RenderWorker:
                 self._jobs.append(job)
             self._wake.notify()
 
+    def stats(self) -> WorkerStats:
+        """Engine calls, jobs dropped on overflow and as stale, failed batches, the recent mean batch size."""
+        sizes = list(self.batch_sizes)
+        return {"calls": self.calls, "dropped_jobs": self.dropped, "stale_jobs": self.stale,
+                "failures": self.failures, "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None}
+
     def pending(self) -> list[tuple[str, int, int, bool]]:
         """The queued jobs in the order they will be taken: (session, frame index, generation, urgent)."""
         with self._wake:
@@ -125,7 +145,7 @@ class RenderWorker:
             if self._jobs[0].urgent:
                 return [self._jobs.popleft()]
             key = self._jobs[0].engine
-            wanted = min(self.max_batch, max(1, self.feeds[key]))
+            wanted = min(self.max_batch, max(1, self._feeds[key]))
             until = self._jobs[0].submitted_at + self.gather_s
             while (not self._stopping and sum(job.engine == key for job in self._jobs) < wanted
                    and (left := until - time.perf_counter()) > 0):
@@ -148,6 +168,8 @@ class RenderWorker:
             except Exception:  # one failed batch must not stop the stream; the sessions repeat frames
                 self.failures += 1
                 log.exception("render batch of %d frames failed; frames dropped", len(current))
+                if self._on_failure is not None:
+                    self._loop.call_soon_threadsafe(self._on_failure, len(current))
 
     def _render(self, jobs: list[RenderJob]) -> None:
         names = list(jobs[0].inputs)
@@ -162,6 +184,6 @@ class RenderWorker:
             if not job.is_current(job.generation):
                 self.stale += 1
                 continue
-            frame = RenderedFrame(job.session_id, job.frame_index, job.generation, job.finish(face), render_ms,
-                                  len(jobs))
+            frame = RenderedFrame(job.session_id, job.frame_index, job.generation, job.paste_back(face),
+                                  render_ms, len(jobs))
             self._loop.call_soon_threadsafe(job.deliver, frame)

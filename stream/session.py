@@ -1,9 +1,15 @@
 """One live twin session: its clock, its audio, its pose, and the frames rendered for it.
 
-Timeline (DESIGN, "The live loop"): on producer tick *j* (at clock deadline *j*) the next queued audio chunk
-becomes frame *j*'s audio, and frame *n = j − K* is submitted for rendering, K being the mel window's
-look-ahead in frames (``MelSpec.future_frames``). Frame *n* plays out at deadline *n + K + L*, L frames of
-render lead later, with its own audio: audio and video are locked by construction.
+Timeline: on producer tick *j* (at clock deadline *j*) the next queued audio chunk becomes frame *j*'s audio,
+and frame *n = j − K* is submitted for rendering, K being the mel window's look-ahead in frames
+(``MelSpec.future_frames``). Frame *n* plays out at deadline *n + K + L*, L frames of render lead later, with
+its own audio: audio and video are locked by construction. (The whole path of a frame, tick to encoder, is in
+the ``stream`` package's docstring.)
+
+The session announces its changes as events (``session.on(name, handler)``, aiortc's style): ``speaking``
+(bool) when speech starts or stops playing, ``late`` (frame index) for a frame rendered after its deadline,
+``live_dropped`` (frames) when live audio is dropped to bound latency, ``pose_fallback`` when a lost webcam
+hands the head back to the footage loop.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+from pyee import EventEmitter
 
 from avatar.audio import PLAYBACK_SAMPLES_PER_FRAME, MelSpec, mel_windows
 from avatar.speech import Speech, split_sentences
@@ -25,6 +32,7 @@ from stream.audio_queue import SILENCE, AudioChunk, AudioQueue, prepare_chunks
 from stream.clock import MediaClock
 from stream.pose import PoseController
 from stream.render_worker import RenderedFrame, RenderJob, RenderWorker
+from stream.stats import TimelineStats
 from stream.tts import TextToSpeech, speak_sentences
 from twincast.errors import PayloadTooLargeError, UnprocessableError
 
@@ -83,11 +91,12 @@ class Twin:
     crop_px: int
 
 
-class TwinSession:
-    """A live twin session, driven by ``run()`` on the event loop."""
+class TwinSession(EventEmitter):
+    """A live twin session, driven by ``run()`` on the event loop; announces changes as events (see the module)."""
 
     def __init__(self, session_id: str, twin: Twin, worker: RenderWorker, clock: MediaClock, *, tts: TextToSpeech,
                  pose_mode: str, lead_frames: int, noise: np.ndarray, max_queued_frames: int, spawn: Spawn) -> None:
+        super().__init__()
         self.session_id = session_id
         self.twin = twin
         self.assets = twin.assets
@@ -95,7 +104,8 @@ class TwinSession:
         self.clock = clock
         self.mel_spec = twin.mel_spec
         self.tts = tts
-        self.pose = PoseController(twin.assets.base_poses, pose_mode)
+        self.pose = PoseController(twin.assets.base_poses, pose_mode, now=clock.now,
+                                   on_fallback=self._pose_fell_back)
         self.lookahead = self.mel_spec.future_frames
         self.history = self.mel_spec.past_frames
         self.lead = lead_frames
@@ -110,7 +120,7 @@ class TwinSession:
         self._idle_i420 = self.assets.base_i420(0)
         self._last_video: tuple[int, VideoOut] | None = None
         self._repeat_counted = -1
-        self.viewers = 0
+        self._speaking = False
         self.late_frames = 0
         self.repeated_frames = 0
         self.dropped_stale = 0
@@ -119,6 +129,7 @@ class TwinSession:
         self._deliveries: deque[float] = deque(maxlen=200)
         self._render_ms: deque[float] = deque(maxlen=500)
         self.last_interrupt: dict[str, float] = {}
+        self.on("error", lambda error: log.error("session %s: event handler failed", session_id, exc_info=error))
 
     # --- timeline -------------------------------------------------------------------------------------------
 
@@ -148,6 +159,10 @@ class TwinSession:
         frame_index = tick - self.lookahead
         if frame_index >= 0:
             self._submit(frame_index)
+        speaking = self.speaking
+        if speaking != self._speaking:
+            self._speaking = speaking
+            self.emit("speaking", speaking)
 
     def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
@@ -160,11 +175,14 @@ class TwinSession:
         assets = self.assets
         generation = self.generation
 
-        def finish(face: np.ndarray) -> VideoOut:
+        def paste_back(face: np.ndarray) -> VideoOut:
             return VideoOut(assets.compose_i420(base, face), generation, base)
 
-        self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, finish,
+        self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, paste_back,
                                      self._deliver, self._is_current, urgent=urgent))
+
+    def _pose_fell_back(self) -> None:
+        self.emit("pose_fallback")
 
     def _is_current(self, generation: int) -> bool:
         return generation == self.generation
@@ -183,6 +201,7 @@ class TwinSession:
         now = self.clock.now()
         if now > self.playout_deadline(frame.frame_index):
             self.late_frames += 1
+            self.emit("late", frame.frame_index)
         self._deliveries.append(now)
         self._render_ms.append(frame.render_ms)
 
@@ -243,11 +262,13 @@ class TwinSession:
     def queue_stream(self, chunks: list[AudioChunk], *, live: bool) -> int:
         """Queue chunks from a streaming input (agent push, microphone); returns frames queued.
 
-        Live (microphone) chunks keep latency bounded by dropping the oldest; pushed chunks are kept whole and
-        refused only beyond the queue's limit.
+        Live (microphone) chunks keep latency bounded by dropping the oldest live audio (never queued speech; see
+        ``AudioQueue.extend_live``); pushed chunks are kept whole and refused only beyond the queue's limit.
         """
         if live:
-            self.audio_queue.extend_live(chunks)
+            dropped = self.audio_queue.extend_live(chunks)
+            if dropped:
+                self.emit("live_dropped", dropped)
             return len(chunks)
         try:
             return self.audio_queue.extend(chunks)
@@ -293,8 +314,8 @@ class TwinSession:
         chunk = self._audio.get(self.playout_index())
         return bool(len(self.audio_queue)) or (chunk is not None and chunk.speech)
 
-    def stats(self) -> dict[str, Any]:
-        """A JSON-ready snapshot for ``/api/stats``."""
+    def stats(self) -> TimelineStats:
+        """The timeline's figures for ``/api/stats`` (its channel adds viewers, inputs and outputs)."""
         now = self.clock.now()
         recent = [t for t in self._deliveries if now - t <= 2.0]
         span = (now - recent[0]) if len(recent) > 1 else 0.0
@@ -310,7 +331,6 @@ class TwinSession:
             "late_frames": self.late_frames,
             "repeated_frames": self.repeated_frames,
             "stale_frames": self.dropped_stale,
-            "viewers": self.viewers,
             "speaking": self.speaking,
             "generation": self.generation,
             "interrupts": self.interrupts,
@@ -320,5 +340,6 @@ class TwinSession:
                       "live_frames_dropped": self.audio_queue.dropped_live},
             "pose": self.pose.describe(),
             "frame_size": list(self.assets.frame_size),
+            "egress_frames": self.egress_frames,
         }
 

@@ -1,8 +1,9 @@
 """WebRTC tracks that pace themselves on the session clock (aiortc does not pace by pts: ``recv`` must).
 
-Every viewer gets its own pair of tracks reading the session's shared frames, so a slow viewer never holds
-up another. Video frame *n* and its audio blocks are released at the same clock deadline, which is what
-keeps them in sync at the client.
+A session has one video track, relayed by aiortc's ``MediaRelay`` to every viewer and output (each relay
+subscriber has its own queue, so a slow viewer never holds up another); every viewer and output gets its own
+audio track, reading the session's shared audio. Video frame *n* and its audio blocks are released at the same
+clock deadline, which is what keeps them in sync at the client.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 from avatar.pose import head_pose
 from stream.audio_queue import StreamChunker
 from stream.session import TwinSession
+from stream.stats import UpstreamStats
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class Upstream:
     measured: int = 0
     errors: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    consumer: asyncio.Task[None] | None = None  # reads the track; ends with it
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> UpstreamStats:
         """For stats and the API."""
         return {"id": self.upstream_id, "kind": self.kind, "session": self.session.session_id,
                 "state": self.peer.connectionState, "frames": self.frames, "measured": self.measured,

@@ -42,8 +42,8 @@ async def static_file(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness for load balancers and compose health checks."""
     runtime = request.app[RUNTIME]
-    return web.json_response({"status": "ok", "version": __version__, "sessions": len(runtime.sessions),
-                              "viewers": len(runtime.viewers)})
+    return web.json_response({"status": "ok", "version": __version__, "sessions": len(runtime.channels),
+                              "viewers": runtime.viewer_count})
 
 
 async def whep_offer(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ import pytest
 
 from stream.audio_queue import SILENCE, AudioQueue, StreamChunker, prepare_chunks
 from stream.clock import MediaClock
+from stream.events import Tally
 from stream.pose import LoopPose, PoseController, StillPose
 from tests.stream.manual_clock import ManualTime
 from twincast.errors import InputError, PayloadTooLargeError
@@ -124,6 +125,50 @@ def test_live_audio_never_builds_up_latency() -> None:
     queue = AudioQueue(max_frames=500, max_live_frames=8)
     dropped = queue.extend_live(prepare_chunks(np.ones(22050, np.float32) * 0.1, 22050))
     assert len(queue) == 8 and dropped == 17
+
+
+def test_live_audio_never_drops_queued_speech() -> None:
+    # A script line cued while the microphone is on is spoken whole; the live voice behind it keeps its newest 8.
+    queue = AudioQueue(max_frames=500, max_live_frames=8)
+    line = prepare_chunks(np.full(22050, 0.2, np.float32), 22050)  # 25 frames of queued speech
+    queue.extend(line)
+    live = prepare_chunks(np.full(22050, 0.1, np.float32), 22050)
+    dropped = queue.extend_live(live[:10]) + queue.extend_live(live[10:])
+    assert dropped == 17 and queue.dropped_live == 17 and len(queue) == 25 + 8
+    played = [queue.pop() for _ in range(33)]
+    assert all(a is b for a, b in zip(played[:25], line, strict=True))  # the line, whole and first
+    assert all(a is b for a, b in zip(played[25:], live[17:], strict=True))  # then the newest live audio
+    assert queue.pop() is SILENCE
+    queue.extend_live(live[:3])  # what was popped no longer counts against the live limit
+    assert len(queue) == 3
+
+
+def test_tally_announces_the_first_at_once_and_sums_the_rest_per_interval() -> None:
+    announced: list[tuple[float, int]] = []
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        second = asyncio.Event()
+
+        def announce(count: int) -> None:
+            announced.append((loop.time(), count))
+            if len(announced) == 2:
+                second.set()
+
+        tally = Tally(announce, every_s=0.2)
+        started = loop.time()
+        tally.add()
+        for _ in range(50):
+            tally.add(2)
+        await asyncio.wait_for(second.wait(), 5)
+        tally.add()  # within the next interval: held back ...
+        tally.close()  # ... and dropped on close, never announced late
+        await asyncio.sleep(0.3)
+        return started
+
+    started = asyncio.run(run())
+    assert [count for _, count in announced] == [1, 100]
+    assert announced[0][0] - started < 0.05 and announced[1][0] - started >= 0.19
 
 
 def test_stream_chunker_matches_whole_utterance_resampling() -> None:

@@ -185,10 +185,22 @@ def test_sessions_api_adds_and_removes_a_session(twins: ServerProcess) -> None:
     assert status == 201 and created == {"id": "second-astro", "twin": "astro"}
     assert twins.post("/api/sessions", {"id": "second-astro", "twin": "astro"})[0] == 400
     assert twins.post("/api/sessions", {"id": "x", "twin": "nobody"})[0] == 404
-    media = asyncio.run(pull(twins.url, 1.0, session="second-astro"))
-    assert len(media.video) >= 20
-    assert twins.delete("/api/sessions/second-astro")[0] == 204
+    viewers_before = twins.get("/api/stats")[1]["viewers"]
+    watched: dict[str, Any] = {}
+
+    async def remove_while_watched() -> None:
+        loop = asyncio.get_running_loop()
+        watched["during"] = (await loop.run_in_executor(None, twins.get, "/api/stats"))[1]["sessions"]["second-astro"]
+        watched["removed"] = (await loop.run_in_executor(None, twins.delete, "/api/sessions/second-astro"))[0]
+        watched["after"] = (await loop.run_in_executor(None, twins.get, "/api/stats"))[1]
+
+    media = asyncio.run(pull(twins.url, 1.0, session="second-astro", during=remove_while_watched))
+    assert watched["during"]["viewers"] == 1 and watched["removed"] == 204
+    assert 1 <= len(media.video) < 10  # the session went, and its viewer's stream with it, in the 1 s that followed
+    assert "second-astro" not in watched["after"]["sessions"] and watched["after"]["viewers"] == viewers_before
     assert "second-astro" not in twins.get("/api/sessions")[1]["sessions"]
+    told = [(e["kind"], e["message"]) for e in twins.get("/api/log")[1]["events"] if e["session"] == "second-astro"]
+    assert told[-2:] == [("viewer", "0 viewer(s)"), ("session", "session stopped")]
 
 
 def _rotated_portrait_clip(path: Path, roll_deg: float, seconds: float = 4.0) -> tuple[Path, float]:

@@ -146,7 +146,8 @@ def test_worker_waits_briefly_for_the_other_sessions_of_a_tick() -> None:
     async def tick(feeds: int) -> list[float]:
         loop = asyncio.get_running_loop()
         worker = RenderWorker({"e": double}, loop, max_batch=8, gather_s=0.2)  # type: ignore[dict-item]
-        worker.feeds["e"] = feeds
+        for _ in range(feeds):
+            worker.attach("e")
         worker.start()
         got: list[float] = []
         done = asyncio.Event()
@@ -186,7 +187,8 @@ def test_an_urgent_job_is_rendered_alone_before_everything_queued() -> None:
 
     async def run() -> list[float]:
         worker = RenderWorker({"e": engine}, asyncio.get_running_loop(), max_batch=8)  # type: ignore[dict-item]
-        worker.feeds["e"] = 4
+        for _ in range(4):
+            worker.attach("e")
         delivered: list[float] = []
         done = asyncio.Event()
 
@@ -248,3 +250,40 @@ def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone(pack: Path,
     assert pending[0] == ("s", first_unplayed, 1, True)  # ... the next to play first, urgently ...
     assert [entry[3] for entry in renewed[1:]] == [False] * (len(renewed) - 1)  # ... and only that one
     assert [entry[1] for entry in renewed] == list(range(first_unplayed, first_unplayed + len(renewed)))
+
+
+def test_a_session_announces_speech_and_a_lost_webcam_on_its_own_clock(pack: Path, artifact: Path) -> None:
+    async def run() -> list[tuple[float, str, object]]:
+        engine = create_engine("onnxruntime", artifact)
+        assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
+        worker = RenderWorker({"tiny": engine}, asyncio.get_running_loop(), max_batch=4)  # never started
+        manual = ManualTime()
+        clock = manual.clock()
+        session = TwinSession("s", Twin("tiny", assets, "tiny", MelSpec(), 64), worker, clock,
+                              tts=EspeakTTS(Voice()), pose_mode="loop", lead_frames=2,
+                              noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
+                              spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+        heard: list[tuple[float, str, object]] = []
+        session.on("speaking", lambda on: heard.append((clock.now(), "speaking", on)))
+        session.on("pose_fallback", lambda: heard.append((clock.now(), "pose_fallback", None)))
+        producer = asyncio.ensure_future(session.run())
+        try:
+            for step in range(80):
+                if step == 5:
+                    session.audio_queue.extend(prepare_chunks(np.full(9600, 0.2, np.float32), 48000))  # 0.2 s
+                    session.pose.webcam((0.0, 0.0, 0.0))  # one webcam pose, then the webcam goes quiet
+                manual.advance_to(clock.deadline(step))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+        finally:
+            producer.cancel()
+        return heard
+
+    start = ManualTime().t
+    heard = asyncio.run(run())
+    assert [(kind, value) for _, kind, value in heard] == [("speaking", True), ("speaking", False),
+                                                           ("pose_fallback", None)]
+    speech_on, speech_off, fallback = (at - start for at, _, _ in heard)
+    # 5 frames of speech: speaking from the moment it is queued until it has played out, 3 frames of delay later
+    assert 0.2 <= speech_on <= 0.24 and 0.3 <= speech_off - speech_on <= 0.36
+    assert 1.2 <= fallback <= 1.3  # one second of the session's clock after the last webcam pose
