@@ -96,6 +96,8 @@ def probe(path: Path) -> VideoInfo:
             duration_s = float(video.duration * video.time_base)
         audio = container.streams.audio[0] if container.streams.audio else None
         video_duration_s = float(video.duration * video.time_base) if video.duration and video.time_base else None
+        if video.frames and rate:  # the header's frame count: an AVI cut short still declares its whole length
+            video_duration_s = max(video_duration_s or 0.0, float(video.frames / rate))
         first = _first_picture(path, container, video)
         rotation = int(round(first.rotation or 0)) % 360
         width, height = video.codec_context.width, video.codec_context.height

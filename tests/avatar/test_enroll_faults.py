@@ -12,7 +12,7 @@ import pytest
 
 from avatar.pack import AvatarPack
 from avatar.quality import FLAG_BITS
-from tests.avatar.faults import at_rate, decode, encode, lag_of_best_match, place
+from tests.avatar.faults import at_rate, decode, encode, encode_camera, lag_of_best_match, place
 from tests.helpers import run_cli
 
 SECOND = 25
@@ -185,6 +185,13 @@ def test_truncated_file_is_refused_and_nothing_is_written(clip: Path, tmp_path: 
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 6 // 10])
     result = run_cli("enroll", str(cut), "--out", str(tmp_path / "pack"), "-q", check=False)
     assert result.returncode == 2 and "corrupt, truncated or not a video" in result.stderr
+    assert not (tmp_path / "pack").exists()
+    frames, audio = decode(clip)
+    camera = encode_camera(tmp_path / "camera.avi", frames, audio, video_codec="mpeg4", audio_codec="ac3")
+    cut_avi = tmp_path / "cut.avi"  # an AVI cut short still plays: only its header knows how long it was
+    cut_avi.write_bytes(camera.read_bytes()[: camera.stat().st_size * 6 // 10])
+    result = run_cli("enroll", str(cut_avi), "--out", str(tmp_path / "pack"), "-q", check=False)
+    assert result.returncode == 2 and "is truncated or corrupt" in result.stderr
     assert not (tmp_path / "pack").exists()
     text = tmp_path / "notes.mp4"
     text.write_text("these are not the frames you are looking for\n" * 50)
