@@ -1,0 +1,210 @@
+"""A channel: one live session and everything attached to it — its producer task, its video source, its script,
+its WHEP viewers, the operator's microphone and webcam peers, and its RTMP pushes and recordings.
+
+The channel is the one owner of those: it adds and removes them, closes them all when it closes, and turns what
+they announce (the session's ``speaking``/``late``/…, a peer's state, an output's state) into event-log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from aiortc import RTCPeerConnection
+from aiortc.contrib.media import MediaRelay
+
+from stream.events import EventLog, Tally
+from stream.outputs import StreamOutput
+from stream.peers import Viewer, answer, new_peer, prefer_video_codec
+from stream.script import Script
+from stream.session import Spawn, TwinSession
+from stream.stats import SessionStats
+from stream.tracks import TwinAudioTrack, TwinVideoTrack
+from stream.upstream import Upstream, consume_microphone, consume_webcam
+from twincast.errors import InputError
+
+log = logging.getLogger(__name__)
+UPSTREAM_MEDIA = {"mic": "audio", "webcam": "video"}
+
+
+class Channel:
+    """One session and its viewers, inputs and outputs (see the module docstring).
+
+    The session's video track is made once and relayed (``MediaRelay``) to every viewer and output: it is
+    rendered and converted once, then each viewer's sender encodes it. Audio tracks are cheap, so each consumer
+    gets its own, paced on the same session clock.
+    """
+
+    def __init__(self, session: TwinSession, *, relay: MediaRelay, events: EventLog, spawn: Spawn,
+                 video_codec: str) -> None:
+        self.session = session
+        self.script = Script()
+        self.viewers: dict[str, Viewer] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        self.outputs: dict[str, StreamOutput] = {}
+        self.video_source = TwinVideoTrack(session)
+        self._relay = relay
+        self._events = events
+        self._spawn = spawn
+        self._video_codec = video_codec
+        self._tallies = {
+            "late": Tally(lambda count: self._warn(f"{count} frames rendered late")),
+            "live_dropped": Tally(lambda count: self._warn(f"{count} frames of live audio dropped to keep "
+                                                           "latency bounded")),
+        }
+        session.on("speaking", lambda on: self._note("speech", "speaking" if on else "silent"))
+        session.on("late", lambda frame_index: self._tallies["late"].add())
+        session.on("live_dropped", lambda frames: self._tallies["live_dropped"].add(frames))
+        session.on("pose_fallback", lambda: self._warn("webcam lost: back to the footage loop"))
+        self.producer = spawn(session.run(), f"session-{session.session_id}")
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.session.session_id
+
+    def _note(self, kind: str, message: str, level: str = "info") -> None:
+        self._events.emit(kind, message, session=self.session_id, level=level)
+
+    def _warn(self, message: str) -> None:
+        self._note("warning", message, "warning")
+
+    # --- viewers ---------------------------------------------------------------------------------------------
+
+    async def add_viewer(self, offer_sdp: str) -> tuple[str, str]:
+        """Answer a WHEP offer; returns (viewer id, answer SDP).
+
+        Raises:
+            InputError: the offer is not a usable SDP offer with a video section.
+        """
+        if "m=video" not in offer_sdp:
+            raise InputError("the SDP offer has no video section (m=video); expected a recvonly video offer")
+        viewer = Viewer(new_peer())
+        peer = viewer.peer
+        video_sender = peer.addTrack(self._relay.subscribe(self.video_source, buffered=False))
+        peer.addTrack(TwinAudioTrack(self.session))
+        prefer_video_codec(peer, video_sender, self._video_codec)
+        sdp = await answer(peer, offer_sdp)
+        self.viewers[viewer.viewer_id] = viewer
+        self._note("viewer", f"{len(self.viewers)} viewer(s)")
+
+        @peer.on("connectionstatechange")
+        async def on_state() -> None:
+            if peer.connectionState in ("failed", "closed"):
+                await self.remove_viewer(viewer.viewer_id)
+
+        return viewer.viewer_id, sdp
+
+    async def remove_viewer(self, viewer_id: str) -> bool:
+        """Close a viewer's connection; False when this channel has no such viewer."""
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return False
+        await viewer.peer.close()
+        self._note("viewer", f"{len(self.viewers)} viewer(s)")
+        return True
+
+    # --- upstream peers --------------------------------------------------------------------------------------
+
+    async def add_upstream(self, kind: str, offer_sdp: str) -> tuple[str, str]:
+        """Accept the operator's microphone (``mic``) or webcam (``webcam``) offer; returns (id, answer SDP).
+
+        Raises:
+            InputError: an unknown kind, or an offer without that kind's media section.
+        """
+        media = UPSTREAM_MEDIA.get(kind)
+        if media is None:
+            raise InputError(f"upstream kind {kind!r} must be one of {sorted(UPSTREAM_MEDIA)}")
+        if f"m={media}" not in offer_sdp:
+            raise InputError(f"the {kind} offer has no {media} section (m={media})")
+        peer = new_peer()
+        upstream = Upstream(uuid.uuid4().hex, kind, self.session, peer)
+        consume = consume_microphone if kind == "mic" else consume_webcam
+
+        @peer.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == media:
+                upstream.consumer = self._spawn(consume(track, upstream), f"{kind}-{upstream.upstream_id}")
+
+        @peer.on("connectionstatechange")
+        async def on_state() -> None:
+            if peer.connectionState in ("failed", "closed"):
+                await self.remove_upstream(upstream.upstream_id)
+
+        sdp = await answer(peer, offer_sdp)
+        self.upstreams[upstream.upstream_id] = upstream
+        self._note("input", f"{kind} connected")
+        return upstream.upstream_id, sdp
+
+    async def remove_upstream(self, upstream_id: str) -> bool:
+        """Close an upstream peer (its consumer task ends with the track); False when there is no such one."""
+        upstream = self.upstreams.pop(upstream_id, None)
+        if upstream is None:
+            return False
+        await upstream.peer.close()
+        if upstream.consumer is not None:
+            upstream.consumer.cancel()
+        self._note("input", f"{upstream.kind} disconnected")
+        return True
+
+    # --- outputs ---------------------------------------------------------------------------------------------
+
+    def add_output(self, kind: str, target: str) -> StreamOutput:
+        """Start pushing the session to RTMP or recording it to MP4.
+
+        Raises:
+            InputError: a bad kind or target (see ``outputs.check_target``).
+        """
+        output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target,
+                              self._relay.subscribe(self.video_source, buffered=False), TwinAudioTrack(self.session),
+                              self.session.assets.frame_size, self.session.clock.fps, on_state=self._output_state)
+        output.start(self._spawn)
+        self.outputs[output.output_id] = output
+        self._note("output", f"{kind} output started: {output.describe()['target']}")
+        return output
+
+    def _output_state(self, output: StreamOutput) -> None:
+        if output.output_id not in self.outputs:
+            return  # stopped on purpose: remove_output says so
+        described = output.describe()
+        message = f"{output.kind} {described['target']}: {output.state}" + (f" ({output.error})" if output.error
+                                                                             else "")
+        self._note("output", message, "warning" if output.state in ("reconnecting", "failed") else "info")
+
+    async def remove_output(self, output_id: str) -> StreamOutput | None:
+        """Stop an output (finishing a recording); None when this channel has no such output."""
+        output = self.outputs.pop(output_id, None)
+        if output is None:
+            return None
+        await output.stop()
+        self._note("output", f"{output.kind} output stopped: {output.describe()['target']}")
+        return output
+
+    # --- lifecycle and reporting -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every viewer, upstream and output, then stop the producer and the video source."""
+        for viewer_id in list(self.viewers):
+            await self.remove_viewer(viewer_id)
+        for upstream_id in list(self.upstreams):
+            await self.remove_upstream(upstream_id)
+        for output_id in list(self.outputs):
+            await self.remove_output(output_id)
+        self.producer.cancel()
+        await asyncio.gather(self.producer, return_exceptions=True)
+        self.video_source.stop()
+        for tally in self._tallies.values():
+            tally.close()
+        self.session.remove_all_listeners()
+
+    def peers(self) -> list[RTCPeerConnection]:
+        """Every open peer connection of this channel (viewers and upstreams)."""
+        return [viewer.peer for viewer in self.viewers.values()] + [up.peer for up in self.upstreams.values()]
+
+    def stats(self) -> SessionStats:
+        """The session's timeline figures plus its viewers, inputs and outputs."""
+        return {**self.session.stats(), "viewers": len(self.viewers),
+                "outputs": [output.describe() for output in self.outputs.values()],
+                "upstreams": [upstream.describe() for upstream in self.upstreams.values()]}

@@ -1,0 +1,114 @@
+"""The shapes of what ``GET /api/stats`` and the dashboard's live feed report (JSON objects, typed here once).
+
+Each owner fills its own part: a session its timeline figures, its channel the peers and outputs attached to it,
+the render worker its calls, the runtime the whole.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from engines.base import EngineInfo
+
+
+class QueueStats(TypedDict):
+    """What is waiting: speech frames queued, render jobs queued (all sessions), live audio dropped."""
+
+    speech_frames: int
+    render_jobs: int
+    live_frames_dropped: int
+
+
+class PoseStats(TypedDict):
+    """The pose driver: its mode, the base frame on screen, how often the webcam was lost."""
+
+    mode: str
+    base_index: int
+    webcam_fallbacks: int
+
+
+class OutputStats(TypedDict):
+    """An RTMP push or a recording (the stream key masked)."""
+
+    id: str
+    session: str
+    kind: str
+    target: str
+    state: str
+    error: str | None
+    connects: int
+    reconnects: int
+    video_frames: int
+    audio_frames: int
+    dropped: int
+
+
+class UpstreamStats(TypedDict):
+    """The operator's microphone or webcam peer."""
+
+    id: str
+    kind: str
+    session: str
+    state: str
+    frames: int
+    measured: int
+    errors: int
+
+
+class TimelineStats(TypedDict):
+    """One session's timeline (``TwinSession.stats``): rate, render times, late/repeated/stale frames, speech."""
+
+    session: str
+    twin: str
+    fps: float
+    render_ms_p50: float | None
+    render_ms_p99: float | None
+    late_frames: int
+    repeated_frames: int
+    stale_frames: int
+    speaking: bool
+    generation: int
+    interrupts: int
+    frame_index: int
+    audio_to_frame_ms: float
+    queue: QueueStats
+    pose: PoseStats
+    frame_size: list[int]
+    egress_frames: int
+
+
+class SessionStats(TimelineStats):
+    """One session's figures: its timeline and what its channel has attached (``Channel.stats``)."""
+
+    viewers: int
+    outputs: list[OutputStats]
+    upstreams: list[UpstreamStats]
+
+
+class WorkerStats(TypedDict):
+    """The render worker: engine calls, jobs dropped on overflow or as stale, failed batches, mean batch size."""
+
+    calls: int
+    dropped_jobs: int
+    stale_jobs: int
+    failures: int
+    mean_batch: float | None
+
+
+class ServerStats(TypedDict):
+    """The whole server: every session, the viewers, the twins, the engines and the render worker."""
+
+    sessions: dict[str, SessionStats]
+    default_session: str | None
+    viewers: int
+    twins: list[str]
+    engine: EngineInfo
+    engines: dict[str, EngineInfo]
+    render_worker: WorkerStats
+
+
+def stats_json(stats: ServerStats) -> dict[str, object]:
+    """``/api/stats``: the server's figures, with the default session's repeated at the top level (so a client
+    of a one-twin server reads ``fps`` or ``queue`` without naming the session)."""
+    default = stats["sessions"].get(stats["default_session"] or "")
+    return {**(default or {}), **stats}
