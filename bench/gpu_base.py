@@ -6,7 +6,8 @@
 ``train`` runs the whole recipe as `twincast train-ae`, `train`, `distill` and `train --objective regression`
 do (the same library functions), on a pack carried by ``bench.pack_carry``; then it renders the holdout block
 with every variant on the GPU and scores the image metrics. The GPU machine has no mediapipe or PyAV, so the
-renders come back as JPEG and ``finish`` (here) adds the landmark lip-sync metrics and the side-by-side video.
+renders come back as JPEG and ``finish`` (here) adds the lip-sync metrics (landmark and pixel) and the side-by-side
+video.
 Each phase appends its figures to ``$OUT/base_run.json`` as it ends, so a run cut short still reports.
 """
 
@@ -128,15 +129,15 @@ def score_variants(run: Path, pack: AvatarPack, out: Path) -> dict[str, Any]:
 
 
 def run_finish(args: argparse.Namespace) -> None:
-    """Here: add the landmark lip-sync metrics to the GPU run's report and write the side-by-side video."""
-    from model.eval import mouth_signal, sync_metrics, write_side_by_side
+    """Here: add the lip-sync metrics (landmark and pixel) to the GPU run's report and write the side-by-side video."""
+    from model.eval import mouth_signals, sync_metrics, write_side_by_side
 
     results: Path = args.results
     report = json.loads((results / "base_run.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
         pack_path = Path(scratch) / "pack"
         inputs = load_holdout(unpack(args.carried, pack_path))
-        truth_mouth = mouth_signal(inputs.truth)
+        truth_mouth = mouth_signals(inputs.truth)
         renders = {}
         for name, row in report["phases"]["eval"]["variants"].items():
             renders[name] = load_jpeg(results / f"render_{name}.npz")

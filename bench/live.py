@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.live latency|egress|interrupt|viewers|drift [--minutes 30] [--seconds 20]
 
 latency    audio in (first loud PCM packet pushed over /api/push) → mouth response in frames received by an aiortc
-           WHEP client on loopback, and that client's audio-vs-mouth onset offset; 10 trials.
+           WHEP client on loopback, and that client's audio-vs-mouth onset offset; 10 trials. Also lip sync
+           in the received frames, by both mouth measures (landmark opening, mouth-cavity pixels): their
+           spread while idle and while speaking, and their correlation with the received speech level.
 egress     the same, measured at the server egress: an in-process server whose session tracks are read as the
            encoders read them (no encoding, network or client), and the audio-vs-mouth offset there.
 interrupt  POST /api/interrupt during speech → received audio silent and mouth closed; 10 trials.
@@ -116,7 +118,37 @@ async def latency(server: ServerProcess, pack: Path, trials: int) -> dict[str, A
     pairs, threshold = onset_pairs(media, np.array(media.video_arrival_s), mouth_series(media, pack), pushes)
     rows = [{"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
              "av_offset_ms": 1000 * (mouth - sound)} for pushed, mouth, sound in pairs]
-    return summarize("latency", rows, {"threshold": round(threshold, 2)})
+    figures = {"threshold": round(threshold, 2), "lipsync": lipsync(media, pushes, len(pcm) / 2 / rate)}
+    return summarize("latency", rows, figures)
+
+
+def lipsync(media: ReceivedMedia, pushes: list[float], utterance_s: float, max_lag_frames: int = 5
+            ) -> dict[str, Any]:
+    """Each mouth measure on the received whole frames (``model.eval.mouth_signals``): its standard deviation
+    over the idle second before the first push and over the utterances (from 0.15 s after each push, when the
+    mouth starts to answer, to 0.3 s after the utterance's length), and its best correlation with the received
+    speech level (RMS of the 20 ms audio blocks, interpolated to each frame's arrival) over lags of
+    ±``max_lag_frames`` (positive: the mouth runs late)."""
+    from model.eval import mouth_signals
+    from model.metrics import lagged_correlation
+
+    frame_s = np.array(media.video_arrival_s)
+    block_rms = np.array([np.sqrt(np.mean(block.astype(np.float64) ** 2)) for block in media.audio_blocks])
+    level = np.interp(frame_s, np.array(media.audio_arrival_s), block_rms)
+    idle = (frame_s >= pushes[0] - 1.0) & (frame_s < pushes[0])  # FaceMesh settles over the first frames
+    speaking = np.zeros(frame_s.shape, bool)
+    for pushed in pushes:
+        speaking |= (frame_s >= pushed + 0.15) & (frame_s < pushed + utterance_s + 0.3)
+    measures = mouth_signals(media.video, pad_px=0)
+    report: dict[str, Any] = {"frames": len(frame_s), "idle_frames": int(idle.sum()),
+                              "speaking_frames": int(speaking.sum())}
+    for name, series in (("landmarks", measures.opening), ("pixels", measures.cavity)):
+        correlation, lag = lagged_correlation(series, level, max_lag_frames)
+        report[name] = {"std_idle": round(float(np.nanstd(series[idle])), 4),
+                        "std_speaking": round(float(np.nanstd(series[speaking])), 4),
+                        "corr_with_speech": round(correlation, 3), "lag_frames": lag,
+                        "no_face_frames": int(np.isnan(series).sum())}
+    return report
 
 
 def onset_pairs(media: ReceivedMedia, times: np.ndarray, series: np.ndarray,
@@ -229,8 +261,8 @@ async def egress(trials: int) -> dict[str, Any]:
     url = f"http://{host}:{port}"
     rows, cols = mouth_box(pack)
     media = ReceivedMedia()
-    video = runtime.relay.subscribe(runtime.video_sources["demo"], buffered=False)
-    audio = TwinAudioTrack(runtime.sessions["demo"])
+    video = runtime.relay.subscribe(runtime.channel("demo").video_source, buffered=False)
+    audio = TwinAudioTrack(runtime.session("demo"))
     pcm, rate = speech_pcm("Papa bought a big bag of apples.")
     pcm = trim_leading_silence(pcm)
     pushes: list[float] = []
@@ -252,7 +284,7 @@ async def egress(trials: int) -> dict[str, Any]:
     report = summarize("egress", [{"mouth_ms": 1000 * (mouth - pushed), "audio_ms": 1000 * (sound - pushed),
                                    "av_offset_ms": 1000 * (mouth - sound)} for pushed, mouth, sound in pairs],
                        {"threshold": round(threshold, 2)})
-    report["server"] = {"audio_to_frame_ms": runtime.sessions["demo"].delay_frames * 40.0}
+    report["server"] = {"audio_to_frame_ms": runtime.session("demo").delay_frames * 40.0}
     return report
 
 

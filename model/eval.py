@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ from avatar.audio import PLAYBACK_RATE_HZ, PLAYBACK_SAMPLES_PER_FRAME
 from avatar.pack import AvatarPack
 from model.checkpoint import available_roles, load_checkpoint
 from model.flow import sample
-from model.metrics import lagged_correlation, mouth_box, psnr, sharpness_ratio, ssim
+from model.metrics import lagged_correlation, mouth_box, mouth_cavity_share, psnr, sharpness_ratio, ssim
 from model.networks import TwinDenoiser
 from twincast.errors import NotFoundError, UnprocessableError
 from twincast.files import atomic_path, atomic_write_bytes
@@ -109,18 +109,32 @@ def time_per_frame(network: TwinDenoiser, inputs: EvalInputs, steps: int) -> flo
     return float(np.median(timings))
 
 
-def mouth_signal(crops: np.ndarray) -> np.ndarray:
-    """Mouth opening measured by FaceMesh on each crop (padded so the detector sees a whole face); NaN if none."""
+class MouthSignals(NamedTuple):
+    """Two per-frame measures of how open the mouth is, from one FaceMesh pass; NaN where no face was found."""
+
+    opening: np.ndarray  # landmarks: upper-lip top to chin over the eye distance (avatar.landmarks.mouth_opening)
+    cavity: np.ndarray  # pixels: the dark share of the lips' box (model.metrics.mouth_cavity_share)
+
+
+def mouth_signals(frames: np.ndarray | list[np.ndarray], pad_px: int | None = None) -> MouthSignals:
+    """Measure the mouth on each RGB frame, landmarks and pixels alike.
+
+    Args:
+        frames: RGB images of one face, in time order (FaceMesh tracks across them).
+        pad_px: border added around each frame (mirrored) so the detector sees a whole face; by default half the
+            frame's height, which a tight aligned crop needs. Pass 0 for whole video frames.
+    """
     from avatar.landmarks import FaceLandmarker, mouth_opening  # mediapipe: not needed for the image metrics
 
-    pad = crops.shape[1] // 2
-    values = []
+    openings, cavities = [], []
     with FaceLandmarker(video=True) as landmarker:
-        for crop in crops:
-            canvas = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_REFLECT101)
+        for frame in frames:
+            pad = frame.shape[0] // 2 if pad_px is None else pad_px
+            canvas = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REFLECT101) if pad else frame
             points = landmarker.detect(canvas)
-            values.append(mouth_opening(points) if points is not None else math.nan)
-    return np.array(values)
+            openings.append(mouth_opening(points) if points is not None else math.nan)
+            cavities.append(mouth_cavity_share(canvas, points) if points is not None else math.nan)
+    return MouthSignals(np.array(openings), np.array(cavities))
 
 
 def image_metrics(rendered: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -136,13 +150,32 @@ def image_metrics(rendered: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
-def sync_metrics(rendered: np.ndarray, truth_mouth: np.ndarray) -> dict[str, float]:
-    """Lip sync: correlation of the landmark mouth opening on renders with the truth's, and its lag."""
-    sync_corr, sync_lag = lagged_correlation(mouth_signal(rendered), truth_mouth)
-    return {"sync_corr": sync_corr, "sync_lag_frames": sync_lag}
+def sync_metrics(rendered: np.ndarray, truth_mouth: MouthSignals) -> dict[str, float]:
+    """Lip sync: the best lagged correlation of each mouth measure on the renders with the truth's, and its lag.
+
+    ``sync_corr``/``sync_lag_frames`` use the landmark opening; ``sync_corr_pixels``/``sync_lag_frames_pixels``
+    the mouth-cavity share, which also tells an open mouth from a closed smile showing teeth.
+    """
+    rendered_mouth = mouth_signals(rendered)
+    sync_corr, sync_lag = lagged_correlation(rendered_mouth.opening, truth_mouth.opening)
+    pixels_corr, pixels_lag = lagged_correlation(rendered_mouth.cavity, truth_mouth.cavity)
+    return {"sync_corr": sync_corr, "sync_lag_frames": sync_lag,
+            "sync_corr_pixels": pixels_corr, "sync_lag_frames_pixels": pixels_lag}
 
 
-def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: np.ndarray) -> dict[str, float]:
+def truth_mouth_summary(truth_mouth: MouthSignals) -> dict[str, float | int | None]:
+    """How much each mouth measure moves on the true holdout frames (mean, standard deviation, frames without a
+    face): a lip-sync correlation means little when the truth's own measure barely moves."""
+    summary: dict[str, float | int | None] = {}
+    for name, series in (("opening", truth_mouth.opening), ("cavity", truth_mouth.cavity)):
+        found = series[~np.isnan(series)]
+        summary[f"{name}_mean"] = round_metric(float(found.mean())) if found.size else None
+        summary[f"{name}_std"] = round_metric(float(found.std())) if found.size else None
+    summary["no_face_frames"] = int(np.isnan(truth_mouth.opening).sum())
+    return summary
+
+
+def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: MouthSignals) -> dict[str, float]:
     """All metrics of one variant's renders against the truth."""
     return {**image_metrics(rendered, inputs.truth), **sync_metrics(rendered, truth_mouth)}
 
@@ -165,11 +198,12 @@ def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = No
         torch.set_num_threads(os.cpu_count() or 1)
     pack = AvatarPack.load(pack_path)
     inputs = load_holdout(pack, limit)
-    truth_mouth = mouth_signal(inputs.truth)
+    truth_mouth = mouth_signals(inputs.truth)
     networks = {role: load_checkpoint(run, role).build() for role in roles}
     report: dict[str, Any] = {"run": str(run), "pack": str(pack_path), "holdout_frames": int(len(inputs.indices)),
                               "holdout": [int(inputs.indices[0]), int(inputs.indices[-1]) + 1],
-                              "device": "cpu", "variants": {}, "missing": []}
+                              "device": "cpu", "truth_mouth": truth_mouth_summary(truth_mouth), "variants": {},
+                              "missing": []}
     renders: dict[str, np.ndarray] = {}
     chosen, report["missing"] = variant_plan(roles)
     for name, role, steps in tqdm(chosen, desc="eval", unit="variant", disable=not progress):

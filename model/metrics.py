@@ -1,4 +1,5 @@
-"""Quality metrics for rendered face crops: PSNR, SSIM, mouth sharpness and lip-sync correlation."""
+"""Quality metrics for rendered face crops: PSNR, SSIM, mouth sharpness, mouth-cavity share and lip-sync
+correlation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import math
 import cv2
 import numpy as np
 
+from avatar.landmarks import FACE_OVAL, LOWER_LIP_OUTER, UPPER_LIP_OUTER
+from twincast.errors import InputError
+
+# A pixel of the lips' box darker than this fraction of the face's median luma is open-mouth cavity. On the demo
+# footage the cavity reads about 0.2 of the face's median, lips and their shadows 0.6 or more, teeth above 1.
+CAVITY_LUMA_RATIO = 0.4
 MOUTH_ROWS = (0.60, 0.95)  # the mouth and chin, as fractions of the aligned crop
 MOUTH_COLS = (0.25, 0.75)
 
@@ -54,6 +61,48 @@ def sharpness_ratio(rendered: list[np.ndarray], truth: list[np.ndarray]) -> floa
     true_energy = float(np.mean([high_frequency_energy(image) for image in truth]))
     rendered_energy = float(np.mean([high_frequency_energy(image) for image in rendered]))
     return rendered_energy / true_energy if true_energy > 0 else math.nan
+
+
+def mouth_cavity_share(rgb: np.ndarray, points: np.ndarray, dark_ratio: float = CAVITY_LUMA_RATIO) -> float:
+    """How open the mouth is, read from pixels: the share of dark cavity pixels in the lips' landmark box.
+
+    The box is the axis-aligned bounding box (whole pixels, clipped to the image) of FaceMesh's outer-lip points
+    (``UPPER_LIP_OUTER`` and ``LOWER_LIP_OUTER``, corners included). Luma is BT.601 (0.299 R + 0.587 G + 0.114 B,
+    computed in float). The reference is the median luma of the pixels inside the face contour (the convex hull
+    of ``FACE_OVAL``). Returns the fraction (0..1) of box pixels whose luma is below ``dark_ratio`` × that median.
+
+    Scaling the image's brightness scales the pixels and the median alike, so the share does not move; an open
+    mouth's cavity falls under the threshold while lips, teeth and a closed smile stay above it. The inner-lip
+    landmark gap does not tell those apart on a smiling face (it reads the same over teeth and over a cavity).
+
+    Args:
+        rgb: an (H, W, 3) RGB image, uint8 or float.
+        points: (468, 2) FaceMesh points of that image, in its pixel coordinates (x, y).
+        dark_ratio: the cavity threshold as a fraction of the face's median luma, in (0, 1).
+
+    Raises:
+        InputError: the image, the points or ``dark_ratio`` are not of the expected shape or range, or the lips'
+            box or the face contour holds no pixel of the image.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"mouth_cavity_share needs an (H, W, 3) RGB image; got shape {rgb.shape}")
+    if points.ndim != 2 or points.shape[0] < 468 or points.shape[1] != 2:
+        raise InputError(f"mouth_cavity_share needs (468, 2) FaceMesh points; got shape {points.shape}")
+    if not 0 < dark_ratio < 1:
+        raise InputError(f"dark_ratio must be in (0, 1); got {dark_ratio}")
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    height, width = luma.shape
+    face = np.zeros((height, width), np.uint8)
+    cv2.fillConvexPoly(face, np.round(points[list(FACE_OVAL)]).astype(np.int32), 1)
+    lips = points[list(UPPER_LIP_OUTER + LOWER_LIP_OUTER)]
+    x0, y0 = np.clip(np.floor(lips.min(axis=0)).astype(int), 0, (width, height))
+    x1, y1 = np.clip(np.ceil(lips.max(axis=0)).astype(int) + 1, 0, (width, height))
+    box = luma[y0:y1, x0:x1]
+    if box.size == 0 or not face.any():
+        raise InputError(f"the lips' box ({x0}..{x1}, {y0}..{y1}) or the face contour lies outside the "
+                         f"{width}×{height} image")
+    face_median = float(np.median(luma[face > 0]))
+    return float(np.mean(box < dark_ratio * face_median))
 
 
 def lagged_correlation(signal: np.ndarray, reference: np.ndarray, max_lag: int = 3) -> tuple[float, int]:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -257,13 +258,20 @@ def cmd_eval(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
+        # sync: landmark mouth opening; sync_px: mouth-cavity pixels (see model.metrics.mouth_cavity_share)
         print(f"{'variant':<12} {'psnr_mouth':>10} {'ssim_mouth':>10} {'psnr_face':>9} {'sharp':>6} "
-              f"{'sync':>6} {'lag':>4} {'ms/frame':>9}")
+              f"{'sync':>6} {'lag':>4} {'sync_px':>7} {'lag':>4} {'ms/frame':>9}")
         for name, row in report["variants"].items():
             print(f"{name:<12} {row['psnr_mouth']:>10.2f} {row['ssim_mouth']:>10.3f} {row['psnr_face']:>9.2f} "
-                  f"{row['sharpness_ratio']:>6.2f} {row['sync_corr'] or float('nan'):>6.3f} "
-                  f"{row['sync_lag_frames']:>4d} {row['ms_per_frame']:>9.1f}")
+                  f"{row['sharpness_ratio']:>6.2f} {_or_nan(row['sync_corr']):>6.3f} {row['sync_lag_frames']:>4d} "
+                  f"{_or_nan(row['sync_corr_pixels']):>7.3f} {row['sync_lag_frames_pixels']:>4d} "
+                  f"{row['ms_per_frame']:>9.1f}")
     return 0
+
+
+def _or_nan(value: float | None) -> float:
+    """A report value for printing: null (an undefined correlation) as NaN."""
+    return math.nan if value is None else value
 
 
 def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:

@@ -10,7 +10,8 @@ from model.checkpoint import available_roles, load_checkpoint
 from tests.helpers import run_cli
 
 METRICS = {"psnr_mouth", "ssim_mouth", "psnr_face", "ssim_face", "sharpness_ratio", "sync_corr", "sync_lag_frames",
-           "ms_per_frame"}
+           "sync_corr_pixels", "sync_lag_frames_pixels", "ms_per_frame"}
+SYNC_PAIRS = (("sync_corr", "sync_lag_frames"), ("sync_corr_pixels", "sync_lag_frames_pixels"))
 
 
 def test_run_holds_teacher_student_and_baseline(full_run: Path) -> None:
@@ -32,6 +33,13 @@ def test_eval_reports_every_variant_and_writes_the_side_by_side(full_run: Path) 
         assert set(row) == METRICS, name
         assert 5 < row["psnr_mouth"] < 60 and 0 < row["ssim_mouth"] <= 1 and row["ms_per_frame"] > 0
         assert row["psnr_face"] > row["psnr_mouth"]  # the upper face is copied, so the whole crop scores higher
+        for corr, lag in SYNC_PAIRS:
+            # null: undefined, one measure never moved (this short run's baseline renders no dark cavity at all)
+            assert (row[corr] is None or -1 <= row[corr] <= 1) and row[lag] in range(-3, 4), (name, corr, row)
+    for corr, _ in SYNC_PAIRS:  # the 25-step teacher opens and closes its mouth: both correlations are defined
+        assert isinstance(report["variants"]["teacher_25"][corr], float), report["variants"]["teacher_25"]
+    truth = report["truth_mouth"]
+    assert truth["no_face_frames"] == 0 and 0 < truth["cavity_mean"] < 1 and truth["cavity_std"] > 0, truth
     # Twenty-five teacher steps cost more than two.
     assert report["variants"]["teacher_25"]["ms_per_frame"] > 3 * report["variants"]["teacher_2"]["ms_per_frame"]
     assert json.loads((full_run / "eval.json").read_text())["variants"] == report["variants"]
