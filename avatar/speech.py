@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twincast.errors import DependencyError, InputError, UnprocessableError
+from twincast.errors import DependencyError, InputError, ToolError, UnprocessableError
 
 MAX_TEXT_CHARS = 5000
 SYNTH_TIMEOUT_S = 120
@@ -80,35 +80,44 @@ def synthesize(text: str, voice: Voice | None = None) -> Speech:
 
     Raises:
         UnprocessableError: empty text.
-        DependencyError: espeak-ng is missing.
-        InputError: espeak-ng rejected the voice or produced no audio.
+        DependencyError: espeak-ng is missing or did not finish in time.
+        ToolError: espeak-ng failed (e.g. it rejected the voice).
+        InputError: espeak-ng produced no audio.
     """
-    command = _espeak_command(check_text(text), voice or Voice())
+    voice = voice or Voice()
+    command = _espeak_command(check_text(text), voice)
     try:
         result = subprocess.run(command, capture_output=True, timeout=SYNTH_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise DependencyError(f"espeak-ng did not finish within {SYNTH_TIMEOUT_S} s") from exc
-    return _parse_output(result.returncode, result.stdout, result.stderr)
+    except OSError as exc:  # found a moment ago, gone or unrunnable now (uninstalled while serving)
+        raise DependencyError(f"espeak-ng could not be run ({exc.strerror}): {command[0]}") from exc
+    return _parse_output(result.returncode, result.stdout, result.stderr, voice)
 
 
 async def synthesize_async(text: str, voice: Voice | None = None) -> Speech:
-    """Speak ``text`` with espeak-ng without blocking the event loop."""
-    command = _espeak_command(check_text(text), voice or Voice())
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    """Speak ``text`` with espeak-ng without blocking the event loop (raises as ``synthesize`` does)."""
+    voice = voice or Voice()
+    command = _espeak_command(check_text(text), voice)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+    except OSError as exc:  # found a moment ago, gone or unrunnable now (uninstalled while serving)
+        raise DependencyError(f"espeak-ng could not be run ({exc.strerror}): {command[0]}") from exc
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=SYNTH_TIMEOUT_S)
     except TimeoutError as exc:
         process.kill()
         await process.wait()
         raise DependencyError(f"espeak-ng did not finish within {SYNTH_TIMEOUT_S} s") from exc
-    return _parse_output(process.returncode or 0, stdout, stderr)
+    return _parse_output(process.returncode or 0, stdout, stderr, voice)
 
 
-def _parse_output(returncode: int, stdout: bytes, stderr: bytes) -> Speech:
+def _parse_output(returncode: int, stdout: bytes, stderr: bytes, voice: Voice) -> Speech:
     if returncode != 0:
-        raise InputError(f"espeak-ng failed (exit {returncode}): {stderr.decode(errors='replace').strip()[:300]}")
+        raise ToolError(f"espeak-ng failed (exit {returncode}, voice {voice.name!r}): "
+                        f"{stderr.decode(errors='replace').strip()[:300]}")
     return parse_wav(stdout)
 
 

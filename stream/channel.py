@@ -58,6 +58,10 @@ class Channel:
         session.on("late", lambda frame_index: self._tallies["late"].add())
         session.on("live_dropped", lambda frames: self._tallies["live_dropped"].add(frames))
         session.on("pose_fallback", lambda: self._warn("webcam lost: back to the footage loop"))
+        session.on("degraded", lambda reason: self._warn(f"degraded: {reason}; viewers see the idle footage loop"))
+        session.on("recovered", lambda seconds: self._note("health", f"recovered: rendering again after "
+                                                                     f"{seconds:.1f} s degraded"))
+        session.on("speech_failed", lambda message: self._note("speech", message, "error"))
         self.producer = spawn(session.run(), f"session-{session.session_id}")
 
     @property

@@ -29,7 +29,7 @@ class Event:
     kind: str  # e.g. "speech", "interrupt", "viewer", "output", "warning"
     message: str
     session: str | None = None
-    level: str = "info"  # "info" or "warning"
+    level: str = "info"  # "info", "warning" (degraded, still working) or "error" (a request or output failed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

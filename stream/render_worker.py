@@ -9,6 +9,11 @@ rest. After the engine call each job's ``paste_back`` runs here too, off the eve
 (after an interrupt) are dropped before rendering. An urgent job (the first frame re-rendered after an interrupt,
 whose deadline is one frame away) goes to the front of the queue and is rendered in a call of its own, without
 waiting for other jobs: the closed mouth does not wait for a batch.
+
+When an engine call raises, the batch's frames are lost, not the stream: each job's session is told
+(``RenderJob.fail`` with a ``RenderFailure``, on the loop) and shows the idle footage loop instead, and the
+worker goes on with the next batch. The failure is logged with its traceback at most once per
+``FAILURE_LOG_EVERY_S`` (a broken engine fails 25 times a second), and once more when the engine renders again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from engines.base import Engine
 from stream.stats import WorkerStats
 
 log = logging.getLogger(__name__)
+FAILURE_LOG_EVERY_S = 10.0
+MAX_ERROR_CHARS = 300  # an engine's message (ONNX Runtime quotes whole nodes) as shown to the operator
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class RenderJob:
     deliver: Callable[[RenderedFrame], None]  # runs on the event loop
     is_current: Callable[[int], bool]  # whether a generation is still wanted
     urgent: bool = False  # rendered next, alone, ahead of every queued job
+    fail: Callable[[RenderFailure], None] | None = None  # runs on the event loop when the engine call failed
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
@@ -58,6 +66,16 @@ class RenderedFrame:
     batch: int
 
 
+@dataclass(frozen=True)
+class RenderFailure:
+    """A frame the engine failed to render, as handed back to its session."""
+
+    session_id: str
+    frame_index: int
+    generation: int
+    error: str  # the engine's exception, "Type: message", at most MAX_ERROR_CHARS
+
+
 class RenderWorker:
     """Owns the engines on one thread; batches up to ``max_batch`` queued jobs per engine call.
 
@@ -68,13 +86,13 @@ class RenderWorker:
     """
 
     def __init__(self, engines: dict[str, Engine], loop: asyncio.AbstractEventLoop, *, max_batch: int,
-                 max_jobs: int = 256, gather_s: float = 0.004,
-                 on_failure: Callable[[int], None] | None = None) -> None:
+                 max_jobs: int = 256, gather_s: float = 0.004) -> None:
         self.engines = engines
         self.max_batch = max_batch
         self.gather_s = gather_s
         self._feeds: Counter[str] = Counter()  # engine key → sessions that submit a job to it every tick
-        self._on_failure = on_failure  # called on the loop with the frames a failed batch lost
+        self._failing: Counter[str] = Counter()  # engine key → batches failed since its last good call
+        self._failure_logged_at = -FAILURE_LOG_EVERY_S
         self._loop = loop
         self._jobs: deque[RenderJob] = deque(maxlen=max_jobs)
         self._wake = threading.Condition()
@@ -165,18 +183,34 @@ class RenderWorker:
                 continue
             try:
                 self._render(current)
-            except Exception:  # one failed batch must not stop the stream; the sessions repeat frames
-                self.failures += 1
-                log.exception("render batch of %d frames failed; frames dropped", len(current))
-                if self._on_failure is not None:
-                    self._loop.call_soon_threadsafe(self._on_failure, len(current))
+            except Exception as exc:  # any engine error: one failed batch must not stop the stream
+                self._failed(current, exc)
+
+    def _failed(self, jobs: list[RenderJob], exc: Exception) -> None:
+        """Count a failed batch, log it at a bounded rate, and tell each job's session (on the loop)."""
+        key = jobs[0].engine
+        self.failures += 1
+        self._failing[key] += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:
+            self._failure_logged_at = now
+            log.error("render batch of %d frames failed (engine %s, %d failed batches in a row); the sessions show "
+                      "the idle loop", len(jobs), key, self._failing[key], exc_info=exc)
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        for job in jobs:
+            if job.fail is not None:
+                self._loop.call_soon_threadsafe(job.fail, RenderFailure(job.session_id, job.frame_index,
+                                                                        job.generation, error))
 
     def _render(self, jobs: list[RenderJob]) -> None:
         names = list(jobs[0].inputs)
         batch = {name: np.stack([job.inputs[name] for job in jobs]) for name in names}
         started = time.perf_counter()
-        faces = self.engines[jobs[0].engine](batch)
+        key = jobs[0].engine
+        faces = self.engines[key](batch)
         render_ms = 1000 * (time.perf_counter() - started)
+        if self._failing[key]:
+            log.warning("engine %s renders again after %d failed batches", key, self._failing.pop(key))
         self.calls += 1
         self.render_ms.append(render_ms)
         self.batch_sizes.append(len(jobs))

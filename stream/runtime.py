@@ -23,7 +23,7 @@ from engines.base import Engine
 from stream.channel import Channel
 from stream.clock import MediaClock
 from stream.config import ServeConfig
-from stream.events import EventLog, Tally
+from stream.events import EventLog
 from stream.outputs import StreamOutput
 from stream.render_worker import RenderWorker
 from stream.script import Script
@@ -50,22 +50,15 @@ class TwinRuntime:
         self.events = EventLog()
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._failures: Tally | None = None
         self._clock_grid = time.monotonic()  # every session's clock ticks on this grid
 
     async def start(self) -> None:
         """Start the render worker and one session per twin (named after it)."""
-        self._failures = Tally(self._render_failed)
-        self.worker = RenderWorker(self.engines, asyncio.get_running_loop(), max_batch=self.config.max_batch,
-                                   on_failure=self._failures.add)
+        self.worker = RenderWorker(self.engines, asyncio.get_running_loop(), max_batch=self.config.max_batch)
         self.worker.start()
         for name in self.twins:
             self.add_session(name, name)
         self.events.emit("server", f"serving {len(self.twins)} twin(s) with {len(self.engines)} engine(s)")
-
-    def _render_failed(self, frames: int) -> None:
-        self.events.emit("warning", f"render failed: {frames} frames lost (the last good frame repeats)",
-                         level="warning")
 
     # --- sessions --------------------------------------------------------------------------------------------
 
@@ -225,8 +218,6 @@ class TwinRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._failures is not None:
-            self._failures.close()
         if self.worker is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
         for engine in self.engines.values():

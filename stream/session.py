@@ -9,7 +9,14 @@ the ``stream`` package's docstring.)
 The session announces its changes as events (``session.on(name, handler)``, aiortc's style): ``speaking``
 (bool) when speech starts or stops playing, ``late`` (frame index) for a frame rendered after its deadline,
 ``live_dropped`` (frames) when live audio is dropped to bound latency, ``pose_fallback`` when a lost webcam
-hands the head back to the footage loop.
+hands the head back to the footage loop, ``degraded`` (reason) and ``recovered`` (seconds degraded) around an
+engine failure or stall, and ``speech_failed`` (message) when text to speech fails, in the request or in a later
+sentence synthesised in the background (or a later sentence does not fit in the speech queue).
+
+Faults degrade, never stop, the stream: a frame whose render is missing (failed, or more than a frame or two
+late) is shown as its un-rendered base frame — the footage loop goes on, its mouth as filmed — rather than
+freezing the last render; the session is ``degraded`` from the first failed render (or after
+``STALL_FRAMES`` without any) until ``RECOVER_AFTER_FRAMES`` frames in a row render again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -31,14 +39,17 @@ from stream.assets import TwinAssets
 from stream.audio_queue import SILENCE, AudioChunk, AudioQueue, prepare_chunks
 from stream.clock import MediaClock
 from stream.pose import PoseController
-from stream.render_worker import RenderedFrame, RenderJob, RenderWorker
-from stream.stats import TimelineStats
-from stream.tts import TextToSpeech, speak_sentences
+from stream.render_worker import RenderedFrame, RenderFailure, RenderJob, RenderWorker
+from stream.stats import DegradedStats, TimelineStats
+from stream.tts import TTS_FAILURES, TextToSpeech, speak_sentences
 from twincast.errors import PayloadTooLargeError, UnprocessableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
+IDLE_AFTER_MISSED_FRAMES = 3  # a render this many frames overdue: show the base frame, not a frozen render
+STALL_FRAMES = 25  # no render shown for this many frames (1 s): degraded, even without a reported failure
+RECOVER_AFTER_FRAMES = 25  # frames rendered in a row that end a degraded state (a flapping engine stays degraded)
 
 
 class FrameRing(Generic[T]):
@@ -116,13 +127,20 @@ class TwinSession(EventEmitter):
         ring = 4 * (self.history + self.lookahead + self.lead) + 16
         self._audio = FrameRing[AudioChunk](ring)
         self._video = FrameRing[VideoOut](ring)
+        self._bases = FrameRing[int](ring)  # the base frame each submitted frame is rendered over
         self._next_tick = 0
-        self._idle_i420 = self.assets.base_i420(0)
+        self._idle: tuple[int, np.ndarray] | None = None  # the last base frame shown un-rendered, as yuv420p
         self._last_video: tuple[int, VideoOut] | None = None
+        self._first_egress: int | None = None
         self._repeat_counted = -1
         self._speaking = False
+        self.degraded: DegradedStats | None = None
+        self._degraded_at = 0.0  # on the session clock
+        self._rendered_in_a_row = 0
         self.late_frames = 0
         self.repeated_frames = 0
+        self.idle_frames = 0
+        self.failed_frames = 0
         self.dropped_stale = 0
         self.interrupts = 0
         self.egress_frames = 0
@@ -166,6 +184,7 @@ class TwinSession(EventEmitter):
 
     def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
+        self._bases.put(frame_index, base)
         inputs = {
             "masked_crop": self.assets.masked_crops[base],
             "reference": self.assets.reference,
@@ -179,7 +198,7 @@ class TwinSession(EventEmitter):
             return VideoOut(assets.compose_i420(base, face), generation, base)
 
         self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, paste_back,
-                                     self._deliver, self._is_current, urgent=urgent))
+                                     self._deliver, self._is_current, urgent=urgent, fail=self._render_failed))
 
     def _pose_fell_back(self) -> None:
         self.emit("pose_fallback")
@@ -204,21 +223,61 @@ class TwinSession(EventEmitter):
             self.emit("late", frame.frame_index)
         self._deliveries.append(now)
         self._render_ms.append(frame.render_ms)
+        self._rendered_in_a_row += 1
+        if self.degraded is not None and self._rendered_in_a_row >= RECOVER_AFTER_FRAMES:
+            self.degraded = None
+            self.emit("recovered", now - self._degraded_at)
+
+    def _render_failed(self, failure: RenderFailure) -> None:
+        if failure.generation != self.generation:
+            return  # an interrupted generation: its frames were not wanted anyway
+        self.failed_frames += 1
+        self._rendered_in_a_row = 0
+        self._degrade(f"the engine failed: {failure.error}")
+
+    def _degrade(self, reason: str) -> None:
+        """Enter the degraded state (a second fault while degraded keeps the first reason and time)."""
+        if self.degraded is None:
+            self.degraded = {"reason": reason, "since": round(time.time(), 3)}
+            self._degraded_at = self.clock.now()
+            self.emit("degraded", reason)
 
     # --- what the tracks read -------------------------------------------------------------------------------
 
     def video_i420(self, frame_index: int) -> np.ndarray:
-        """The frame to show at ``frame_index``: its render, else the latest earlier one (counted as repeated)."""
+        """The frame to show at ``frame_index``: its render; else, for a frame or two, the latest earlier render
+        (counted as repeated); beyond that its un-rendered base frame (counted as idle), so a failing or stalled
+        engine leaves the footage loop running, never a frozen picture."""
         self.egress_frames += 1
+        if self._first_egress is None:
+            self._first_egress = frame_index
         rendered = self._video.get(frame_index)
         if rendered is not None:
             if self._last_video is None or self._last_video[0] < frame_index:
                 self._last_video = (frame_index, rendered)
             return rendered.i420
-        if frame_index > self._repeat_counted:
+        first_miss = frame_index > self._repeat_counted
+        if first_miss:
             self._repeat_counted = frame_index
             self.repeated_frames += 1
-        return self._last_video[1].i420 if self._last_video is not None else self._idle_i420
+        last_shown = self._last_video[0] if self._last_video is not None else self._first_egress - 1
+        if self._last_video is not None and frame_index - last_shown < IDLE_AFTER_MISSED_FRAMES:
+            return self._last_video[1].i420
+        if first_miss:
+            self.idle_frames += 1
+        if frame_index - last_shown >= STALL_FRAMES:
+            self._degrade(f"no frame rendered for {(frame_index - last_shown) / self.clock.fps:.1f} s "
+                          "(the engine is stalled or far too slow)")
+        return self._base_i420(frame_index)
+
+    def _base_i420(self, frame_index: int) -> np.ndarray:
+        """The un-rendered base frame under ``frame_index`` (the nearest one chosen before it, if it has none)."""
+        base = self._bases.get(frame_index)
+        if base is None:
+            base = self._idle[0] if self._idle is not None else self.pose.describe()["base_index"]
+        if self._idle is None or self._idle[0] != base:
+            self._idle = (base, self.assets.base_i420(base))
+        return self._idle[1]
 
     def audio_block(self, block_index: int, blocks_per_frame: int = 2) -> np.ndarray:
         """The int16 samples of 20 ms audio block ``block_index`` (two per video frame)."""
@@ -232,24 +291,50 @@ class TwinSession(EventEmitter):
 
     async def say(self, text: str) -> dict[str, Any]:
         """Speak ``text`` after whatever is queued: the first sentence is synthesised before this returns (so
-        errors surface here), the rest in a background task that stops if the speech is interrupted."""
+        errors surface here), the rest in a background task that stops if the speech is interrupted.
+
+        A text-to-speech failure is announced (``speech_failed``) wherever it happens; in the request it is
+        raised too, in the background it ends that text (what was queued before it still plays).
+
+        Raises:
+            DependencyError: the TTS backend is missing.
+            ToolError: the TTS backend failed.
+            PayloadTooLargeError: the first sentence does not fit in the speech queue.
+        """
         generation = self.generation
         sentences = split_sentences(text)
-        first = await self.tts.synthesize(sentences[0])
+        try:
+            first = await self.tts.synthesize(sentences[0])
+        except TTS_FAILURES as exc:
+            self.emit("speech_failed", f"text to speech failed: {exc}")
+            raise
         frames = await self.queue_speech(first)
         if len(sentences) > 1:
-            rest = " ".join(sentences[1:])
-
-            async def enqueue(speech: Speech) -> bool:
-                if self.generation != generation:
-                    return False
-                await self.queue_speech(speech)
-                return True
-
-            self._spawn(speak_sentences(self.tts, rest, enqueue), f"say-{self.session_id}")
+            self._spawn(self._say_rest(sentences, generation), f"say-{self.session_id}")
         return {"queued_s": round(frames / self.clock.fps, 3), "sentences": len(sentences),
                 "generation": self.generation,
                 "starts_in_s": round((len(self.audio_queue) - frames + self.delay_frames) / self.clock.fps, 3)}
+
+    async def _say_rest(self, sentences: list[str], generation: int) -> None:
+        """Synthesise and queue sentences 2…n of a ``say`` (the first is queued), announcing a failure."""
+        spoken = 1
+
+        async def enqueue(speech: Speech) -> bool:
+            nonlocal spoken
+            if self.generation != generation:
+                return False
+            await self.queue_speech(speech)
+            spoken += 1
+            return True
+
+        try:
+            await speak_sentences(self.tts, sentences[1:], enqueue)
+        except TTS_FAILURES as exc:
+            self.emit("speech_failed", f"text to speech failed at sentence {spoken + 1} of {len(sentences)} "
+                                       f"({spoken} queued, the rest dropped): {exc}")
+        except PayloadTooLargeError as exc:
+            self.emit("speech_failed", f"sentence {spoken + 1} of {len(sentences)} does not fit in the speech "
+                                       f"queue ({spoken} queued, the rest dropped): {exc}")
 
     async def queue_speech(self, speech: Speech) -> int:
         """Resample a whole utterance off the loop and queue it; returns the frames it fills."""
@@ -330,6 +415,9 @@ class TwinSession(EventEmitter):
             "render_ms_p99": round(p99, 2) if render else None,
             "late_frames": self.late_frames,
             "repeated_frames": self.repeated_frames,
+            "idle_frames": self.idle_frames,
+            "failed_frames": self.failed_frames,
+            "degraded": self.degraded,
             "stale_frames": self.dropped_stale,
             "speaking": self.speaking,
             "generation": self.generation,

@@ -55,8 +55,20 @@ class UpstreamStats(TypedDict):
     errors: int
 
 
+class DegradedStats(TypedDict):
+    """Why a session is degraded (showing its idle footage loop instead of renders) and since when."""
+
+    reason: str
+    since: float  # wall-clock seconds since the epoch
+
+
 class TimelineStats(TypedDict):
-    """One session's timeline (``TwinSession.stats``): rate, render times, late/repeated/stale frames, speech."""
+    """One session's timeline (``TwinSession.stats``): rate, render times, late/repeated/stale frames, speech.
+
+    ``repeated_frames`` counts frames shown without their render (the last render repeated, or, once a render is
+    a few frames overdue, the un-rendered base frame: those are ``idle_frames`` too); ``failed_frames`` counts
+    renders the engine failed; ``degraded`` is None while the session renders normally.
+    """
 
     session: str
     twin: str
@@ -65,6 +77,9 @@ class TimelineStats(TypedDict):
     render_ms_p99: float | None
     late_frames: int
     repeated_frames: int
+    idle_frames: int
+    failed_frames: int
+    degraded: DegradedStats | None
     stale_frames: int
     speaking: bool
     generation: int

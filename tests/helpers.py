@@ -46,10 +46,15 @@ def http(method: str, url: str, body: Any = None, *, content_type: str = "applic
 
 
 class ServerProcess:
-    """``twincast serve|demo …`` in a subprocess; ``url`` is known once it announces its port."""
+    """``twincast serve|demo …`` in a subprocess; ``url`` is known once it announces its port.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_s: float = 240) -> None:
+    ``command`` replaces the ``twincast`` program (e.g. ``[python, -m, tests.stream.flaky_engine]``).
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_s: float = 240,
+                 command: list[str] | None = None) -> None:
         self.args = args
+        self.command = command or [TWINCAST]
         self.env = {**os.environ, "TWINCAST_OPERATOR_TOKEN": OPERATOR_TOKEN, **(env or {})}
         self.token = self.env["TWINCAST_OPERATOR_TOKEN"]
         self.startup_s = startup_s
@@ -58,8 +63,8 @@ class ServerProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> ServerProcess:
-        self.process = subprocess.Popen([TWINCAST, *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=self.env)
+        self.process = subprocess.Popen([*self.command, *self.args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=self.env)
         found = threading.Event()
 
         def reader() -> None:

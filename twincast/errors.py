@@ -53,6 +53,12 @@ class DependencyError(TwincastError):
     http_status = 503
 
 
+class ToolError(TwincastError):
+    """A program twincast runs (espeak-ng) is there but failed at its job: the fault is on the server's side."""
+
+    http_status = 502
+
+
 class QueueFullError(TwincastError):
     """A bounded queue refused more work; the caller should retry later or interrupt first."""
 

@@ -199,6 +199,12 @@ function showStats(all) {
   $("h-pose").textContent = `${s.pose.mode} #${s.pose.base_index}`;
   setBadge("speaking", s.speaking ? "speaking" : "idle", s.speaking ? "speaking" : "");
   const warnings = [];
+  $("h-degraded").hidden = !s.degraded;
+  if (s.degraded) {
+    const since = new Date(s.degraded.since * 1000).toLocaleTimeString();
+    $("h-degraded").title = `since ${since}: ${s.degraded.reason}`;
+    warnings.push(`degraded since ${since}: ${s.degraded.reason} (viewers see the idle footage loop)`);
+  }
   if (s.fps > 0 && s.fps < 22) warnings.push(`rendering at ${s.fps.toFixed(1)} fps, below 25`);
   if (all.render_worker.failures) warnings.push(`${all.render_worker.failures} render batches failed`);
   if (all.engine.fallback) warnings.push(`engine fell back to ${all.engine.engine}: ${all.engine.fallback}`);
@@ -212,7 +218,7 @@ function showStats(all) {
 
 function addEvent(event) {
   const li = document.createElement("li");
-  if (event.level === "warning") li.className = "warning";
+  if (event.level === "warning" || event.level === "error") li.className = event.level;
   const when = document.createElement("span");
   when.className = "when";
   when.textContent = new Date(event.at * 1000).toLocaleTimeString();
