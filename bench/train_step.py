@@ -16,8 +16,9 @@ import torch
 
 from model.config import TrainConfig, preset
 from model.data import Batch
+from model.loop import mixed_precision, optimise, pick_device
 from model.networks import TwinDenoiser
-from model.train import flow_step, mixed_precision, optimise, pick_device
+from model.train import flow_step
 
 
 def measure(preset_name: str, batch_size: int, steps: int, device: torch.device) -> dict[str, object]:

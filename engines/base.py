@@ -102,9 +102,11 @@ class Engine(ABC):
         """Render one validated batch."""
 
     def warmup(self, max_batch: int = 1) -> float:
-        """Run every batch size up to ``max_batch`` once (allocating buffers); returns seconds taken."""
+        """Run every batch size from 1 to ``max_batch`` once, so buffers are allocated and CUDA graphs captured
+        before the first live call of that size (the render worker's batch is however many sessions ticked
+        together); returns seconds taken."""
         started = time.perf_counter()
-        for batch in sorted({1, max_batch}):
+        for batch in range(1, max_batch + 1):
             self.run(self.zero_inputs(batch))
         return time.perf_counter() - started
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from engines.base import Engine, EngineInfo, EngineOptions
-from export.onnx_export import build_renderer
 from export.spec import TwinSpec
 from model.checkpoint import load_checkpoint
+from model.renderer import build_renderer
 from twincast.errors import DependencyError
 
 GRAPH_WARMUP_RUNS = 3

@@ -10,57 +10,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from avatar.audio import VIDEO_FPS, MelSpec
-from export.spec import INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, TensorSpec, TwinSpec, sidecar_path
+from export.spec import SPEC_VERSION, TensorSpec, TwinSpec, sidecar_path
 from model.checkpoint import RENDERER_ROLES, available_roles, load_checkpoint, resolve_checkpoint
-from model.flow import sample
 from model.networks import TwinDenoiser
+from model.render_inputs import INPUT_NAMES, OUTPUT_NAMES, RenderInputs
+from model.renderer import TwinRenderer, build_renderer
 from twincast.errors import ArtifactMismatchError, InputError, NotFoundError
 from twincast.files import atomic_path, sha256_file
 
 TOLERANCE = {"fp32": 2e-3, "fp16": 5e-2}  # max |ONNX Runtime − PyTorch fp32| on images in [-1, 1]
 WEIGHTS_FILE_SUFFIX = ".pt"
-
-
-class TwinRenderer(nn.Module):
-    """The sampler unrolled over a fixed number of steps: (masked crop, reference, mel, noise) → face crop.
-
-    Images are (B, 3, crop, crop) float32 in [-1, 1]; mel is (B, 80, 16); noise has the model's
-    ``noise_shape`` (the crop's, or the latents' for latent models, whose decoder ends the graph); the output
-    is clamped to [-1, 1].
-    """
-
-    def __init__(self, denoiser: TwinDenoiser, steps: int) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.steps = steps
-
-    def forward(self, masked_crop: Tensor, reference: Tensor, mel: Tensor, noise: Tensor) -> Tensor:
-        condition = self.denoiser.condition(masked_crop, reference, mel)
-
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return self.denoiser.denoise(x, t, condition)
-
-        return self.denoiser.finish(sample(denoise, noise, self.steps), condition).clamp(-1.0, 1.0)
-
-
-class HalfRenderer(nn.Module):
-    """The renderer in float16 with float32 inputs and output, so callers and sidecars stay the same."""
-
-    def __init__(self, renderer: TwinRenderer) -> None:
-        super().__init__()
-        self.renderer = renderer.half()
-
-    def forward(self, masked_crop: Tensor, reference: Tensor, mel: Tensor, noise: Tensor) -> Tensor:
-        return self.renderer(masked_crop.half(), reference.half(), mel.half(), noise.half()).float()
-
-
-def build_renderer(denoiser: TwinDenoiser, steps: int, precision: str) -> nn.Module:
-    """The exportable renderer at ``precision`` (``fp32`` or ``fp16``)."""
-    renderer = TwinRenderer(denoiser, steps).eval()
-    return HalfRenderer(renderer).eval() if precision == "fp16" else renderer
 
 
 @dataclass(frozen=True)
@@ -78,12 +40,12 @@ def example_inputs(denoiser: TwinDenoiser, batch: int, seed: int = 0) -> dict[st
     config = denoiser.config
     generator = torch.Generator().manual_seed(seed)
     image = (torch.rand(batch, 3, config.crop_px, config.crop_px, generator=generator) * 2 - 1)
-    return {
-        "masked_crop": image,
-        "reference": image.flip(0),
-        "mel": torch.randn(batch, config.mel_bins, config.mel_frames, generator=generator) * 0.5 - 0.5,
-        "noise": torch.randn(denoiser.noise_shape(batch), generator=generator),
-    }
+    return RenderInputs(
+        masked_crop=image,
+        reference=image.flip(0),
+        mel=torch.randn(batch, config.mel_bins, config.mel_frames, generator=generator) * 0.5 - 0.5,
+        noise=torch.randn(denoiser.noise_shape(batch), generator=generator),
+    )._asdict()
 
 
 def choose_variant(run: Path, variant: str = "auto") -> str:
@@ -147,13 +109,10 @@ def export_run(run: Path, out: Path, *, steps: int | None = None, opset: int = 1
     noise_shape: tuple[int | str, ...] = ("batch", *denoiser.noise_shape(1)[1:])
     spec = TwinSpec(
         spec_version=SPEC_VERSION,
-        inputs=(
-            TensorSpec("masked_crop", image_shape, "float32"),
-            TensorSpec("reference", image_shape, "float32"),
-            TensorSpec("mel", ("batch", config.mel_bins, config.mel_frames), "float32"),
-            TensorSpec("noise", noise_shape, "float32"),
-        ),
-        outputs=(TensorSpec("face", image_shape, "float32"),),
+        inputs=tuple(TensorSpec(name, shape, "float32") for name, shape in RenderInputs(
+            masked_crop=image_shape, reference=image_shape, mel=("batch", config.mel_bins, config.mel_frames),
+            noise=noise_shape)._asdict().items()),
+        outputs=tuple(TensorSpec(name, image_shape, "float32") for name in OUTPUT_NAMES),
         steps=steps, crop_px=config.crop_px, mask_top=config.mask_top, fps=VIDEO_FPS, precision=precision,
         opset=opset, onnx_file=out.name, onnx_sha256=sha256_file(out), weights_file=weights.name,
         weights_sha256=sha256_file(weights), model=asdict(config), mel=asdict(MelSpec(**checkpoint.pack["mel"])),

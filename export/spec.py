@@ -15,8 +15,6 @@ from twincast.errors import ArtifactMismatchError, InputError, NotFoundError
 from twincast.files import atomic_write_bytes, sha256_file
 
 SPEC_VERSION = 1
-INPUT_NAMES = ("masked_crop", "reference", "mel", "noise")
-OUTPUT_NAMES = ("face",)
 
 
 @dataclass(frozen=True)

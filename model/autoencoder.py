@@ -25,6 +25,16 @@ from avatar.pack import AvatarPack
 from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import PackSampler, to_unit_range
+from model.loop import (
+    check_fits,
+    mixed_precision,
+    optimise,
+    pack_info,
+    recent_loss,
+    seeded_device,
+    show_loss,
+    warmup_cosine,
+)
 from model.metrics import mouth_box, psnr
 from model.networks import Autoencoder, lower_mask
 from twincast.errors import InputError, NotFoundError
@@ -87,16 +97,6 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
         InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
             already holds an autoencoder and ``force`` is false.
     """
-    from model.train import (
-        check_fits,
-        mixed_precision,
-        optimise,
-        pack_info,
-        recent_loss,
-        seeded_device,
-        show_loss,
-        warmup_cosine,
-    )
 
     if not model_config.latent:
         raise InputError(f"the {model_config.preset} model works on pixels and needs no autoencoder; "

@@ -30,8 +30,7 @@ from avatar.pack import AvatarPack
 from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.data import PackSampler
 from model.flow import interpolate
-from model.networks import TwinDenoiser
-from model.train import (
+from model.loop import (
     check_fits,
     mixed_precision,
     optimise,
@@ -41,6 +40,7 @@ from model.train import (
     show_loss,
     update_ema,
 )
+from model.networks import Condition, TwinDenoiser
 from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes
 
@@ -99,7 +99,7 @@ def pseudo_huber(predicted: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return (torch.sqrt(squared + c * c) - c).mean()
 
 
-def teacher_step(teacher: TwinDenoiser, condition: tuple[Tensor, Tensor, Tensor], x: Tensor, t: Tensor,
+def teacher_step(teacher: TwinDenoiser, condition: Condition, x: Tensor, t: Tensor,
                  t_next: Tensor) -> Tensor:
     """One Heun step of the teacher's probability-flow ODE from t to t_next (Euler where t_next = 1)."""
     predicted = teacher.denoise(x, t, condition)

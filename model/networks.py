@@ -10,13 +10,24 @@ known upper face (pixel models at every step, latent models once decoded), so on
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import ModelConfig
+
+# The spatial condition's image channels: the known upper face (3), the reference crop (3) and the mask (1).
+CONDITION_IMAGE_CHANNELS = 3 + 3 + 1
+
+
+class Condition(NamedTuple):
+    """A frame's conditions, encoded once however many sampler steps run (``TwinDenoiser.condition``)."""
+
+    features: Tensor  # (B, C0, H, W) the known upper face, reference and mask, embedded
+    audio: Tensor  # (B, emb) the audio window's embedding (zeroed where audio is dropped)
+    known: Tensor  # (B, 3, crop, crop) the masked crop's upper face, pixels, composited into the output
 
 
 def lower_mask(crop_px: int, mask_top: float) -> Tensor:
@@ -194,7 +205,7 @@ class TwinDenoiser(nn.Module):
         # The noisy crop and the conditions (masked crop, reference, mask) are embedded separately, so the
         # conditions are encoded once per frame however many sampler steps run.
         self.x_in = nn.Conv2d(x_channels, config.channels[0], 3, padding=1)
-        self.cond_in = nn.Conv2d(7 * patch * patch, config.channels[0], 3, padding=1)
+        self.cond_in = nn.Conv2d(CONDITION_IMAGE_CHANNELS * patch * patch, config.channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         skips = []
@@ -230,21 +241,20 @@ class TwinDenoiser(nn.Module):
         self.conv_out = nn.Conv2d(current, x_channels, 3, padding=1)
 
     def condition(self, masked: Tensor, reference: Tensor, mel: Tensor,
-                  audio_keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode the per-frame conditions once: (spatial features, audio embedding, known upper pixels)."""
+                  audio_keep: Tensor | None = None) -> Condition:
+        """Encode the per-frame conditions once (see ``Condition``)."""
         mask = self.mask.expand(masked.shape[0], -1, -1, -1)
         known = masked * (1 - mask)
         features = self.cond_in(self._patchify(torch.cat([known, reference, mask], dim=1)))
         audio = self.audio_proj(self.audio(mel))
         if audio_keep is not None:
             audio = audio * audio_keep[:, None]
-        return features, audio, known
+        return Condition(features, audio, known)
 
-    def denoise(self, x_t: Tensor, t: Tensor, condition: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def denoise(self, x_t: Tensor, t: Tensor, condition: Condition) -> Tensor:
         """One x-prediction from a noisy crop and pre-encoded conditions."""
-        features, audio, known = condition
-        h = self.x_in(x_t if self.autoencoder is not None else self._patchify(x_t)) + features
-        emb = self.time_mlp(timestep_embedding(t, self.config.time_dim).to(x_t.dtype)) + audio
+        h = self.x_in(x_t if self.autoencoder is not None else self._patchify(x_t)) + condition.features
+        emb = self.time_mlp(timestep_embedding(t, self.config.time_dim).to(x_t.dtype)) + condition.audio
         skips = []
         for blocks, downsample in zip(self.down, self.downsample, strict=True):
             for block in cast(nn.ModuleList, blocks):
@@ -261,7 +271,7 @@ class TwinDenoiser(nn.Module):
         if self.autoencoder is not None:
             return cast(Tensor, out)
         predicted = F.pixel_shuffle(out, self.config.patch_px) if self.config.patch_px > 1 else out
-        return self.mask * predicted + known
+        return self.mask * predicted + condition.known
 
     def forward(self, x_t: Tensor, t: Tensor, masked: Tensor, reference: Tensor, mel: Tensor,
                 audio_keep: Tensor | None = None) -> Tensor:
@@ -271,12 +281,11 @@ class TwinDenoiser(nn.Module):
         """Crops (B, 3, C, C) → the model's space (themselves, or their standardised latents)."""
         return images if self.autoencoder is None else self.autoencoder.encode(images)
 
-    def finish(self, x: Tensor, condition: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def finish(self, x: Tensor, condition: Condition) -> Tensor:
         """The sampler's final x → the composited face crop (not clamped)."""
         if self.autoencoder is None:
             return x
-        known = condition[2]
-        return self.mask * self.autoencoder.decode(x) + known
+        return self.mask * self.autoencoder.decode(x) + condition.known
 
     def noise_shape(self, batch: int) -> tuple[int, int, int, int]:
         """Shape of the sampler's starting noise for ``batch`` frames."""

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +24,17 @@ from model.checkpoint import ROLE_FILES, resume_file, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler
 from model.flow import interpolate, sample_time, velocity_loss
+from model.loop import (
+    check_fits,
+    mixed_precision,
+    optimise,
+    pack_info,
+    recent_loss,
+    seeded_device,
+    show_loss,
+    update_ema,
+    warmup_cosine,
+)
 from model.networks import TwinDenoiser
 from twincast.errors import InputError
 from twincast.files import atomic_write_bytes
@@ -45,77 +53,14 @@ class TrainResult:
     seconds: float
 
 
-def pick_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seeded_device(threads: int, seed: int) -> tuple[torch.device, torch.Generator]:
-    """The training device (on CPU with ``threads`` threads, 0 = all cores), torch seeded, and a batch generator."""
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.manual_seed(seed)
-    return device, torch.Generator().manual_seed(seed)
-
-
-def warmup_cosine(step: int, steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 10% of ``peak`` at ``steps``."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def learning_rate(step: int, config: TrainConfig) -> float:
     """The renderer's learning rate at ``step`` (``warmup_cosine`` with the config's settings)."""
     return warmup_cosine(step, config.steps, config.warmup_steps, config.learning_rate)
 
 
-def mixed_precision(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; a no-op context elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def optimise(optimizer: torch.optim.Optimizer, loss: Tensor, parameters: list[torch.nn.Parameter]) -> float:
-    """One optimiser step: gradients of ``loss``, clipped to norm 1 over ``parameters``; returns the loss."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    optimizer.step()
-    return float(loss.item())
-
-
-def recent_loss(losses: list[float], count: int = 50) -> float:
-    """Mean of the last ``count`` losses (NaN when there are none)."""
-    tail = losses[-count:]
-    return sum(tail) / len(tail) if tail else math.nan
-
-
-def show_loss(bar: Any, step: int, losses: list[float]) -> None:
-    """Put the recent loss on the progress bar every 10 steps."""
-    if step % 10 == 0:
-        bar.set_postfix(loss=f"{recent_loss(losses):.4f}")
-
-
 def role_of(config: TrainConfig) -> str:
     """Which checkpoint role an objective trains."""
     return "teacher" if config.objective == "flow" else "baseline"
-
-
-def pack_info(pack: AvatarPack, pack_path: Path) -> dict[str, Any]:
-    """What a checkpoint records about the pack it was trained on."""
-    return {"path": str(pack_path), "source_sha256": pack.meta.source["sha256"], "crop_px": pack.meta.crop_px,
-            "mask_top": pack.meta.mask_top, "fps": pack.meta.fps, "mel": dict(pack.meta.mel)}
-
-
-def check_fits(model_config: ModelConfig, pack: AvatarPack) -> None:
-    """Refuse a model whose crop geometry differs from the pack's."""
-    if (model_config.crop_px, model_config.mask_top) != (pack.meta.crop_px, pack.meta.mask_top):
-        raise InputError(
-            f"model crop_px/mask_top {model_config.crop_px}/{model_config.mask_top} do not match the pack's "
-            f"{pack.meta.crop_px}/{pack.meta.mask_top}"
-        )
 
 
 def flow_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, generator: torch.Generator,
@@ -221,13 +166,6 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
     }
     atomic_write_bytes(out / REPORT_FILES[role], json.dumps(report, indent=1).encode())
     return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=final_loss, seconds=seconds)
-
-
-def update_ema(ema: torch.nn.Module, network: torch.nn.Module, decay: float) -> None:
-    """Exponential moving average of weights: ema ← decay · ema + (1 − decay) · network."""
-    with torch.no_grad():
-        for averaged, live in zip(ema.parameters(), network.parameters(), strict=True):
-            averaged.lerp_(live, 1 - decay)
 
 
 def save_resume(path: Path, role: str, step: int, network: torch.nn.Module, ema: torch.nn.Module | None,

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,129 +29,45 @@ EXIT_USER_ERROR = 2
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", type=Path,
-                        help="TOML file with [synth], [enroll], [train], [serve] tables")
+                        help="TOML file with [synth], [enroll], [train], [distill], [serve] tables")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+Handler = Callable[[argparse.Namespace, dict[str, Any]], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, the function that adds its flags, and the handler that runs it."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+
+COMMANDS: dict[str, Command] = {}  # filled by @command, in the order the help lists them
+
+
+def command(name: str, help_text: str,
+            arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as subcommand ``name``, with the flags ``arguments`` adds."""
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = Command(help_text, arguments, handler)
+        return handler
+
+    return register
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
+    """The argument parser for every registered subcommand."""
     parser = argparse.ArgumentParser(prog="twincast", description="Live digital twins from a few minutes of footage.")
     parser.add_argument("--version", action="version", version=f"twincast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    synth = commands.add_parser("synth-footage", help="synthetic talking-head footage from a portrait + speech")
-    synth.add_argument("--portrait", type=Path, help="still portrait (default: the committed public-domain one)")
-    synth.add_argument("--text", help="what the person says (default: a short product pitch)")
-    synth.add_argument("--out", type=Path, required=True, help="output .mp4 (a .json truth sidecar goes beside it)")
-    synth.add_argument("--size", type=int, dest="size_px", help="output width and height in pixels")
-    synth.add_argument("--seed", type=int)
-    _add_common(synth)
-
-    enroll = commands.add_parser("enroll", help="footage → avatar pack")
-    enroll.add_argument("video", type=Path)
-    enroll.add_argument("--out", type=Path, required=True, help="avatar pack directory to create")
-    enroll.add_argument("--crop-px", type=int, help="aligned face crop size (multiple of 16)")
-    enroll.add_argument("--force", action="store_true", help="replace an existing pack")
-    enroll.add_argument("--report", action="store_true",
-                        help="also write report.json and contact_sheet.png (what was kept and why) into the pack")
-    _add_common(enroll)
-
-    train = commands.add_parser("train", help="avatar pack → trained renderer (a run directory)")
-    train.add_argument("pack", type=Path)
-    train.add_argument("--out", type=Path, required=True, help="run directory")
-    train.add_argument("--config", "--preset", dest="preset", default="tiny",
-                       help="model size: tiny (tests), demo (CPU live), base (GPU, latent: train-ae first), "
-                            "tiny-latent (tests)")
-    train.add_argument("--steps", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--objective", choices=["flow", "regression"],
-                       help="flow: the diffusion teacher (default); regression: the 1-step L1 baseline")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its resume.pt")
-    train.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
-    train.add_argument("--force", action="store_true", help="overwrite an existing run")
-    _add_common(train)
-
-    train_ae = commands.add_parser("train-ae", help="avatar pack → the person's autoencoder (latent models: base)")
-    train_ae.add_argument("pack", type=Path)
-    train_ae.add_argument("--out", type=Path, required=True, help="run directory (train the renderer into it next)")
-    train_ae.add_argument("--config", "--preset", dest="preset", default="base",
-                          help="a latent model size: base (GPU) or tiny-latent (tests)")
-    train_ae.add_argument("--steps", type=int)
-    train_ae.add_argument("--batch-size", type=int)
-    train_ae.add_argument("--seed", type=int)
-    train_ae.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
-    train_ae.add_argument("--force", action="store_true", help="overwrite an existing autoencoder")
-    _add_common(train_ae)
-
-    distill = commands.add_parser("distill", help="few-step consistency student from a run's teacher")
-    distill.add_argument("run", type=Path)
-    distill.add_argument("--pack", type=Path, help="the avatar pack (default: the one the teacher was trained on)")
-    distill.add_argument("--config", "--preset", dest="preset", help="tiny, demo or base (default: the teacher's)")
-    distill.add_argument("--steps", type=int)
-    distill.add_argument("--batch-size", type=int)
-    distill.add_argument("--seed", type=int)
-    distill.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
-    distill.add_argument("--force", action="store_true", help="overwrite an existing student")
-    _add_common(distill)
-
-    evaluate = commands.add_parser("eval", help="quality report of a run on its pack's holdout block")
-    evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--pack", type=Path, help="the avatar pack (default: the one the run was trained on)")
-    evaluate.add_argument("--limit", type=int, help="evaluate only the first N holdout frames")
-    evaluate.add_argument("--no-video", action="store_true", help="skip the side-by-side eval.mp4")
-    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_common(evaluate)
-
-    export = commands.add_parser("export", help="run → twin.onnx + twin.json sidecar")
-    export.add_argument("run", type=Path)
-    export.add_argument("--variant", default="auto", help="auto (student if present), teacher, student, baseline")
-    export.add_argument("--out", type=Path, required=True, help="output .onnx path")
-    export.add_argument("--steps", type=int, help="sampler steps unrolled into the graph")
-    export.add_argument("--opset", type=int, default=17)
-    export.add_argument("--precision", default="fp32", help="fp32 or fp16 (float32 inputs and output either way)")
-    _add_common(export)
-
-    build = commands.add_parser("build-engine", help="compile twin.onnx into a cached TensorRT plan (NVIDIA GPU)")
-    build.add_argument("model", type=Path, help="twin.onnx")
-    build.add_argument("--precision", default="fp16", help="fp16 (default) or fp32")
-    build.add_argument("--max-batch", type=int, default=32, help="largest batch the plan accepts")
-    build.add_argument("--opt-batch", type=int, default=8, help="batch the plan is tuned for")
-    build.add_argument("--cache-dir", type=Path, help="plan cache (default: plans/ beside the model)")
-    build.add_argument("--timing-cache", type=Path, help="development only: reuse kernel timings between builds")
-    build.add_argument("--force", action="store_true", help="rebuild even when a cached plan exists")
-    _add_common(build)
-
-    bench = commands.add_parser("bench", help="frames/s and latency of the engines on an artifact")
-    bench.add_argument("--model", type=Path, required=True, help="twin.onnx or a directory holding it")
-    bench.add_argument("--engine", default="onnxruntime", help="an engine name, 'auto', or 'all'")
-    bench.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
-    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
-    bench.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--precision", default="fp32", help="compute precision for torch/tensorrt: fp32 or fp16")
-    bench.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    _add_common(bench)
-
-    for name, help_text in (("serve", "serve a twin live over WebRTC"), ("demo", "serve the embedded default twin")):
-        serve = commands.add_parser(name, help=help_text)
-        if name == "serve":
-            serve.add_argument("--avatar", type=Path, help="avatar pack directory of the default twin")
-            serve.add_argument("--model", type=Path, help="its twin.onnx (with twin.json beside it) or run directory")
-            serve.add_argument("--twin", action="append", default=[], metavar="NAME=PACK,MODEL",
-                               help="another twin, served as session NAME (repeatable)")
-        else:
-            serve.add_argument("--pack-only", action="store_true", help="build the demo pack, print its path, exit")
-        serve.add_argument("--host")
-        serve.add_argument("--port", type=int)
-        serve.add_argument("--engine")
-        serve.add_argument("--threads", type=int)
-        serve.add_argument("--pose", help="pose driver: loop (footage loop) or still")
-        serve.add_argument("--video-codec", help="vp8 (default) or h264")
-        serve.add_argument("--lead-frames", type=int, help="render lead ahead of playout, in frames")
-        _add_common(serve)
+    for name, registered in COMMANDS.items():
+        sub = commands.add_parser(name, help=registered.help)
+        registered.arguments(sub)
+        _add_common(sub)
     return parser
 
 
@@ -158,6 +75,15 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet
 
 
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--portrait", type=Path, help="still portrait (default: the committed public-domain one)")
+    parser.add_argument("--text", help="what the person says (default: a short product pitch)")
+    parser.add_argument("--out", type=Path, required=True, help="output .mp4 (a .json truth sidecar goes beside it)")
+    parser.add_argument("--size", type=int, dest="size_px", help="output width and height in pixels")
+    parser.add_argument("--seed", type=int)
+
+
+@command("synth-footage", "synthetic talking-head footage from a portrait + speech", _synth_arguments)
 def cmd_synth(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.synth import DEFAULT_PORTRAIT, DEFAULT_TEXT, SynthConfig, synth_footage
 
@@ -170,6 +96,16 @@ def cmd_synth(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="avatar pack directory to create")
+    parser.add_argument("--crop-px", type=int, help="aligned face crop size (multiple of 16)")
+    parser.add_argument("--force", action="store_true", help="replace an existing pack")
+    parser.add_argument("--report", action="store_true",
+                        help="also write report.json and contact_sheet.png (what was kept and why) into the pack")
+
+
+@command("enroll", "footage → avatar pack", _enroll_arguments)
 def cmd_enroll(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.enroll import EnrollConfig, enroll
 
@@ -186,6 +122,24 @@ def cmd_enroll(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pack", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--config", "--preset", dest="preset", default="tiny",
+                        help="model size: tiny (tests), demo (CPU live), base (GPU, latent: train-ae first), "
+                        "tiny-latent (tests)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--objective", choices=["flow", "regression"],
+                        help="flow: the diffusion teacher (default); regression: the 1-step L1 baseline")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its resume.pt")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing run")
+
+
+@command("train", "avatar pack → trained renderer (a run directory)", _train_arguments)
 def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.pack import AvatarPack
     from model.config import TrainConfig, preset
@@ -204,6 +158,19 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _train_ae_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pack", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="run directory (train the renderer into it next)")
+    parser.add_argument("--config", "--preset", dest="preset", default="base",
+                        help="a latent model size: base (GPU) or tiny-latent (tests)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing autoencoder")
+
+
+@command("train-ae", "avatar pack → the person's autoencoder (latent models: base)", _train_ae_arguments)
 def cmd_train_ae(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.pack import AvatarPack
     from model.autoencoder import train_autoencoder
@@ -223,6 +190,18 @@ def cmd_train_ae(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--pack", type=Path, help="the avatar pack (default: the one the teacher was trained on)")
+    parser.add_argument("--config", "--preset", dest="preset", help="tiny, demo or base (default: the teacher's)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing student")
+
+
+@command("distill", "few-step consistency student from a run's teacher", _distill_arguments)
 def cmd_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from model.checkpoint import load_checkpoint
     from model.distill import DISTILL_PRESETS, DistillConfig, distill
@@ -250,6 +229,15 @@ def _pack_for_run(args: argparse.Namespace) -> Path | None:
     return pack
 
 
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--pack", type=Path, help="the avatar pack (default: the one the run was trained on)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N holdout frames")
+    parser.add_argument("--no-video", action="store_true", help="skip the side-by-side eval.mp4")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("eval", "quality report of a run on its pack's holdout block", _eval_arguments)
 def cmd_eval(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from model.eval import evaluate
 
@@ -274,6 +262,16 @@ def _or_nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--variant", default="auto", help="auto (student if present), teacher, student, baseline")
+    parser.add_argument("--out", type=Path, required=True, help="output .onnx path")
+    parser.add_argument("--steps", type=int, help="sampler steps unrolled into the graph")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (float32 inputs and output either way)")
+
+
+@command("export", "run → twin.onnx + twin.json sidecar", _export_arguments)
 def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from export.onnx_export import export_run
 
@@ -284,6 +282,17 @@ def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _build_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="twin.onnx")
+    parser.add_argument("--precision", default="fp16", help="fp16 (default) or fp32")
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch the plan accepts")
+    parser.add_argument("--opt-batch", type=int, default=8, help="batch the plan is tuned for")
+    parser.add_argument("--cache-dir", type=Path, help="plan cache (default: plans/ beside the model)")
+    parser.add_argument("--timing-cache", type=Path, help="development only: reuse kernel timings between builds")
+    parser.add_argument("--force", action="store_true", help="rebuild even when a cached plan exists")
+
+
+@command("build-engine", "compile twin.onnx into a cached TensorRT plan (NVIDIA GPU)", _build_engine_arguments)
 def cmd_build_engine(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from engines.tensorrt_build import BatchProfile, build_plan
 
@@ -296,6 +305,18 @@ def cmd_build_engine(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="twin.onnx or a directory holding it")
+    parser.add_argument("--engine", default="onnxruntime", help="an engine name, 'auto', or 'all'")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
+    parser.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", help="compute precision for torch/tensorrt: fp32 or fp16")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+
+
+@command("bench", "frames/s and latency of the engines on an artifact", _bench_arguments)
 def cmd_bench(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from engines.base import EngineOptions, engine_names
     from engines.bench import run_bench
@@ -346,6 +367,31 @@ def _announce(line: str) -> None:
     print(line, flush=True)
 
 
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--avatar", type=Path, help="avatar pack directory of the default twin")
+    parser.add_argument("--model", type=Path, help="its twin.onnx (with twin.json beside it) or run directory")
+    parser.add_argument("--twin", action="append", default=[], metavar="NAME=PACK,MODEL",
+                        help="another twin, served as session NAME (repeatable)")
+    _live_arguments(parser)
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pack-only", action="store_true", help="build the demo pack, print its path, exit")
+    _live_arguments(parser)
+
+
+def _live_arguments(parser: argparse.ArgumentParser) -> None:
+    """The live server's flags, shared by ``serve`` and ``demo``."""
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--engine")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--pose", help="pose driver: loop (footage loop) or still")
+    parser.add_argument("--video-codec", help="vp8 (default) or h264")
+    parser.add_argument("--lead-frames", type=int, help="render lead ahead of playout, in frames")
+
+
+@command("serve", "serve a twin live over WebRTC", _serve_arguments)
 def cmd_serve(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from export.onnx_export import artifact_for
     from stream.server import TwinSource, serve
@@ -365,6 +411,7 @@ def cmd_serve(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+@command("demo", "serve the embedded default twin", _demo_arguments)
 def cmd_demo(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from stream.server import TwinSource, serve
     from twincast.demo import cache_dir, demo_model, demo_pack
@@ -379,21 +426,6 @@ def cmd_demo(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
-    "synth-footage": cmd_synth,
-    "enroll": cmd_enroll,
-    "train": cmd_train,
-    "train-ae": cmd_train_ae,
-    "distill": cmd_distill,
-    "eval": cmd_eval,
-    "export": cmd_export,
-    "build-engine": cmd_build_engine,
-    "bench": cmd_bench,
-    "serve": cmd_serve,
-    "demo": cmd_demo,
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twincast`` console script."""
     args = build_parser().parse_args(argv)
@@ -402,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aioice").setLevel(logging.WARNING)
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        return COMMANDS[args.command](args, load_toml(args.config_file))
+        return COMMANDS[args.command].run(args, load_toml(args.config_file))
     except TwincastError as exc:
         print(f"twincast {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -7,9 +7,10 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import TwinRenderer
-from export.spec import INPUT_NAMES, load_spec
+from export.spec import load_spec
 from model.checkpoint import load_checkpoint
+from model.render_inputs import INPUT_NAMES
+from model.renderer import TwinRenderer
 from tests.helpers import run_cli
 from twincast.errors import ArtifactMismatchError
 
