@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,19 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"twincast {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def wait_until(probe: Callable[[], Any], timeout_s: float, *, every_s: float = 0.05, what: str = "") -> Any:
+    """Call ``probe`` until it returns something truthy and return that; fail after ``timeout_s`` with the last
+    value seen (tests wait on a condition with a deadline, never on a guessed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or 'condition'} not met within {timeout_s} s; last value: {value!r}")
+        time.sleep(every_s)
 
 
 def http(method: str, url: str, body: Any = None, *, content_type: str = "application/json",

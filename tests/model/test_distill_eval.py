@@ -40,8 +40,6 @@ def test_eval_reports_every_variant_and_writes_the_side_by_side(full_run: Path) 
         assert isinstance(report["variants"]["teacher_25"][corr], float), report["variants"]["teacher_25"]
     truth = report["truth_mouth"]
     assert truth["no_face_frames"] == 0 and 0 < truth["cavity_mean"] < 1 and truth["cavity_std"] > 0, truth
-    # Twenty-five teacher steps cost more than two.
-    assert report["variants"]["teacher_25"]["ms_per_frame"] > 3 * report["variants"]["teacher_2"]["ms_per_frame"]
     assert json.loads((full_run / "eval.json").read_text())["variants"] == report["variants"]
     with av.open(str(full_run / "eval.mp4")) as video:
         stream = video.streams.video[0]

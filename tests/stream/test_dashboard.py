@@ -184,7 +184,7 @@ def test_a_producer_runs_the_broadcast_from_the_dashboard(server: ServerProcess,
 
     page.locator("#script-lines li").all()[-2].locator("button[data-act=next]").click()
     page.wait_for_function("document.getElementById('speaking').textContent === 'speaking'", timeout=10_000)
-    page.wait_for_function("parseFloat(document.getElementById('h-fps').textContent) > 20", timeout=10_000)
+    page.wait_for_function("parseFloat(document.getElementById('h-fps').textContent) > 12", timeout=10_000)
     page.wait_for_function("document.querySelector('#script-lines .meta').textContent !== '' || "
                            "[...document.querySelectorAll('#script-lines .meta')].some(m => m.textContent)")
     keep = Path("test-output")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import ServerProcess, http, mouth_and_upper_change
+from tests.helpers import ServerProcess, http, mouth_and_upper_change, wait_until
 
 
 def test_health_and_stats(server: ServerProcess) -> None:
@@ -20,8 +20,9 @@ def test_health_and_stats(server: ServerProcess) -> None:
     assert status == 200
     assert {"fps", "render_ms_p50", "viewers", "speaking", "generation"} <= set(stats)
     assert stats["engine"]["engine"] == "onnxruntime"  # auto picks ONNX Runtime on CPU
-    time.sleep(1.5)
-    assert 20 <= server.get("/api/stats")[1]["fps"] <= 30
+    # It keeps up: frames come at the clock's rate (a wide margin: speed itself is measured in bench/).
+    fps = wait_until(lambda: (f := server.get("/api/stats")[1]["fps"]) >= 12 and f, 10, what="fps ≥ 12")
+    assert fps <= 30  # and never faster than the 25-fps clock
 
 
 def test_whep_viewer_receives_video_and_audio_and_the_mouth_speaks(server: ServerProcess, pack: Path) -> None:
@@ -62,28 +63,25 @@ def test_speech_starts_after_the_first_sentence(server: ServerProcess) -> None:
                                                      "And a third one comes after that, to finish the thought."})
     assert status == 202 and body["sentences"] == 3
     assert body["queued_s"] < 1.5  # only the first sentence was synthesised before the answer
-    time.sleep(1.0)
-    queued = server.get("/api/stats")[1]["queue"]["speech_frames"]
-    assert queued / 25 > 3.0  # the rest arrived in the background while the first played
+    # the rest arrives in the background while the first plays
+    wait_until(lambda: server.get("/api/stats")[1]["queue"]["speech_frames"] / 25 > 3.0, 10, what="3 s queued")
     server.post("/api/interrupt", {})
 
 
 def test_interrupt_silences_and_bumps_generation(server: ServerProcess) -> None:
     status, _ = server.post("/api/say", {"text": "This sentence is long enough to be interrupted half way through."})
     assert status == 202
-    time.sleep(0.6)
-    assert server.get("/api/stats")[1]["speaking"] is True
+    wait_until(lambda: server.get("/api/stats")[1]["speaking"], 5, what="speaking")
     status, body = server.post("/api/interrupt", {})
     assert status == 200 and body["dropped_s"] > 0.5
-    time.sleep(0.4)
-    stats = server.get("/api/stats")[1]
-    assert stats["speaking"] is False and stats["generation"] == body["generation"]
+    stats = wait_until(lambda: (s := server.get("/api/stats")[1])["speaking"] is False and s, 2, what="silent")
+    assert stats["generation"] == body["generation"]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "content_type", "status", "message"), [
     ("POST", "/api/say", {"text": "   "}, "application/json", 422, "text is empty"),
     ("POST", "/api/say", "{not json", "application/json", 400, "not valid JSON"),
-    ("POST", "/api/say", {"words": "hi"}, "application/json", 400, '{"text": "…"}'),
+    ("POST", "/api/say", {"words": "hi"}, "application/json", 400, 'needs "text"'),
     ("POST", "/api/say", "text=hi", "text/plain", 400, "application/json"),
     ("POST", "/whep", "v=0", "text/plain", 400, "application/sdp"),
     ("POST", "/whep", "v=0\r\n", "application/sdp", 400, "no video section"),
