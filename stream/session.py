@@ -35,6 +35,7 @@ from pyee import EventEmitter
 
 from avatar.audio import PLAYBACK_SAMPLES_PER_FRAME, MelSpec, mel_windows
 from avatar.speech import Speech, split_sentences
+from model.render_inputs import RenderInputs
 from stream.assets import TwinAssets
 from stream.audio_queue import SILENCE, AudioChunk, AudioQueue, prepare_chunks
 from stream.clock import MediaClock
@@ -185,12 +186,8 @@ class TwinSession(EventEmitter):
     def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
         self._bases.put(frame_index, base)
-        inputs = {
-            "masked_crop": self.assets.masked_crops[base],
-            "reference": self.assets.reference,
-            "mel": self._mel(frame_index),
-            "noise": self.noise,
-        }
+        inputs = RenderInputs(masked_crop=self.assets.masked_crops[base], reference=self.assets.reference,
+                              mel=self._mel(frame_index), noise=self.noise)._asdict()
         assets = self.assets
         generation = self.generation
 
