@@ -24,6 +24,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "jitter as they do on another CPU, so thresholds that only pass on this machine show up")
 
 
+# Fixtures that run the CLI chain (synth → enroll → train → export) or a server: a test that needs any of them
+# belongs to the integration tier. The unit tier (``make unit``, ``-m "not integration"``) is what is left:
+# in-process, tiny models built in the test, injected clocks.
+CHAIN_FIXTURES = frozenset({"clip", "pack", "run_dir", "artifact", "full_run", "server"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from engines.base import cuda_available
 
@@ -31,6 +37,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (these run on GPU machines; nothing is faked here)")
     has_cuda = any("gpu" in item.keywords for item in items) and cuda_available()
     for item in items:
+        if CHAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not has_cuda:
