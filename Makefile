@@ -14,6 +14,11 @@ demo: system-deps install
 test: system-deps install lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The fast tier: in-process tests with tiny models built in the test and injected clocks (under 2 minutes on two
+# cores); `make test` runs it and the integration tier (the CLI chain, servers, Chromium, nginx-rtmp).
+unit: install
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt

@@ -1,4 +1,5 @@
-"""The live loop on a hand-driven clock, with the real tiny engine on the real render worker thread."""
+"""The live loop on a hand-driven clock, with a tiny renderer built in the test on the real render worker thread
+(unit tier: no CLI chain, no server)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,20 @@ import asyncio
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avatar.audio import MelSpec
-from avatar.pack import AvatarPack
 from avatar.speech import Voice
-from engines import create_engine
 from engines.base import Engine
-from stream.assets import TwinAssets
 from stream.audio_queue import prepare_chunks
 from stream.render_worker import RenderJob, RenderWorker
-from stream.session import Twin, TwinSession
+from stream.session import TwinSession
 from stream.tracks import TwinAudioTrack, TwinVideoTrack
 from stream.tts import EspeakTTS
 from tests.stream.manual_clock import ManualTime
+from tests.stream.tiny_twin import TinyRenderer, tiny_twin
 
 
 class RecordingEngine:
@@ -39,10 +37,8 @@ class RecordingEngine:
         return self.engine(inputs)
 
 
-async def _run_session(pack: Path, artifact: Path) -> dict[str, object]:
-    engine = create_engine("onnxruntime", artifact)
-    recorder = RecordingEngine(engine)
-    assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
+async def _run_session() -> dict[str, object]:
+    recorder = RecordingEngine(TinyRenderer())  # type: ignore[arg-type]
     worker = RenderWorker({"tiny": recorder}, asyncio.get_running_loop(), max_batch=4)  # type: ignore[dict-item]
     worker.start()
     manual = ManualTime()
@@ -54,8 +50,7 @@ async def _run_session(pack: Path, artifact: Path) -> dict[str, object]:
         spawned.append(asyncio.ensure_future(coroutine))
         return spawned[-1]
 
-    twin = Twin("tiny", assets, "tiny", MelSpec(), 64)
-    session = TwinSession("s", twin, worker, clock, tts=EspeakTTS(Voice()), pose_mode="still", lead_frames=2,
+    session = TwinSession("s", tiny_twin(), worker, clock, tts=EspeakTTS(Voice()), pose_mode="still", lead_frames=2,
                           noise=noise, max_queued_frames=500, spawn=spawn)
     producer = asyncio.ensure_future(session.run())
     video_frames: list[Any] = []
@@ -111,8 +106,8 @@ def _wait_for_renders(worker: RenderWorker) -> None:
     time.sleep(0.03)
 
 
-def test_live_loop_paces_locks_audio_to_video_and_interrupts(pack: Path, artifact: Path) -> None:
-    out = asyncio.run(_run_session(pack, artifact))
+def test_live_loop_paces_locks_audio_to_video_and_interrupts() -> None:
+    out = asyncio.run(_run_session())
     pts = out["pts"]
     assert isinstance(pts, list) and len(pts) > 40
     assert all(b - a == 3600 for a, b in zip(pts, pts[1:], strict=False))  # one frame per 40 ms, no gaps
@@ -221,14 +216,12 @@ def test_an_urgent_job_is_rendered_alone_before_everything_queued() -> None:
     assert calls == [[1.0], [9.0], [2.0, 3.0, 4.0]]  # the urgent frame did not wait to fill a batch
 
 
-def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone(pack: Path, artifact: Path) -> None:
+def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone() -> None:
     async def run() -> tuple[int, list[tuple[str, int, int, bool]]]:
-        engine = create_engine("onnxruntime", artifact)
-        assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
-        worker = RenderWorker({"tiny": engine}, asyncio.get_running_loop(), max_batch=4)  # never started
+        worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)  # never started: jobs stay queued
         manual = ManualTime()
         clock = manual.clock()
-        session = TwinSession("s", Twin("tiny", assets, "tiny", MelSpec(), 64), worker, clock,
+        session = TwinSession("s", tiny_twin(), worker, clock,
                               tts=EspeakTTS(Voice()), pose_mode="still", lead_frames=2,
                               noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
                               spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
@@ -252,14 +245,12 @@ def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone(pack: Path,
     assert [entry[1] for entry in renewed] == list(range(first_unplayed, first_unplayed + len(renewed)))
 
 
-def test_a_session_announces_speech_and_a_lost_webcam_on_its_own_clock(pack: Path, artifact: Path) -> None:
+def test_a_session_announces_speech_and_a_lost_webcam_on_its_own_clock() -> None:
     async def run() -> list[tuple[float, str, object]]:
-        engine = create_engine("onnxruntime", artifact)
-        assets = TwinAssets.from_pack(AvatarPack.load(pack), engine.spec)
-        worker = RenderWorker({"tiny": engine}, asyncio.get_running_loop(), max_batch=4)  # never started
+        worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)  # never started: jobs stay queued
         manual = ManualTime()
         clock = manual.clock()
-        session = TwinSession("s", Twin("tiny", assets, "tiny", MelSpec(), 64), worker, clock,
+        session = TwinSession("s", tiny_twin(), worker, clock,
                               tts=EspeakTTS(Voice()), pose_mode="loop", lead_frames=2,
                               noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
                               spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
