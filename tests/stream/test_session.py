@@ -216,15 +216,20 @@ def test_an_urgent_job_is_rendered_alone_before_everything_queued() -> None:
     assert calls == [[1.0], [9.0], [2.0, 3.0, 4.0]]  # the urgent frame did not wait to fill a batch
 
 
+def _queued_session(pose_mode: str) -> tuple[TwinSession, RenderWorker, ManualTime]:
+    """A tiny session on a hand-driven clock whose render worker never starts, so its jobs stay queued."""
+    worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)
+    manual = ManualTime()
+    session = TwinSession("s", tiny_twin(), worker, manual.clock(), tts=EspeakTTS(Voice()), pose_mode=pose_mode,
+                          lead_frames=2, noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
+                          spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+    return session, worker, manual
+
+
 def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone() -> None:
     async def run() -> tuple[int, list[tuple[str, int, int, bool]]]:
-        worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)  # never started: jobs stay queued
-        manual = ManualTime()
-        clock = manual.clock()
-        session = TwinSession("s", tiny_twin(), worker, clock,
-                              tts=EspeakTTS(Voice()), pose_mode="still", lead_frames=2,
-                              noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
-                              spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+        session, worker, manual = _queued_session("still")
+        clock = session.clock
         session.audio_queue.extend(prepare_chunks(0.3 * np.sin(np.arange(48000) * 0.05).astype(np.float32), 48000))
         producer = asyncio.ensure_future(session.run())
         try:
@@ -247,13 +252,8 @@ def test_interrupt_re_renders_the_next_frame_to_play_first_and_alone() -> None:
 
 def test_a_session_announces_speech_and_a_lost_webcam_on_its_own_clock() -> None:
     async def run() -> list[tuple[float, str, object]]:
-        worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)  # never started: jobs stay queued
-        manual = ManualTime()
-        clock = manual.clock()
-        session = TwinSession("s", tiny_twin(), worker, clock,
-                              tts=EspeakTTS(Voice()), pose_mode="loop", lead_frames=2,
-                              noise=np.zeros((3, 64, 64), np.float32), max_queued_frames=500,
-                              spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+        session, _, manual = _queued_session("loop")
+        clock = session.clock
         heard: list[tuple[float, str, object]] = []
         session.on("speaking", lambda on: heard.append((clock.now(), "speaking", on)))
         session.on("pose_fallback", lambda: heard.append((clock.now(), "pose_fallback", None)))
