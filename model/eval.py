@@ -23,9 +23,9 @@ from tqdm import tqdm
 from avatar.audio import PLAYBACK_RATE_HZ, PLAYBACK_SAMPLES_PER_FRAME
 from avatar.pack import AvatarPack
 from model.checkpoint import available_roles, load_checkpoint
-from model.flow import sample
 from model.metrics import lagged_correlation, mouth_box, mouth_cavity_share, psnr, sharpness_ratio, ssim
 from model.networks import TwinDenoiser
+from model.renderer import TwinRenderer
 from twincast.errors import NotFoundError, UnprocessableError
 from twincast.files import atomic_path, atomic_write_bytes
 
@@ -80,18 +80,13 @@ def render(network: TwinDenoiser, inputs: EvalInputs, steps: int, batch: int = 1
     frames = []
     device = next(network.parameters()).device
     noise = torch.randn(network.noise_shape(1), generator=torch.Generator().manual_seed(0)).to(device)
+    renderer = TwinRenderer(network, steps)  # the sampler unrolled exactly as the exported graph runs it
     with torch.inference_mode():
         for first in range(0, len(inputs.indices), batch):
             masked = inputs.masked[first:first + batch].to(device)
             count = masked.shape[0]
-            condition = network.condition(masked, inputs.reference.to(device).expand(count, -1, -1, -1),
-                                          inputs.mel[first:first + batch].to(device))
-
-            def denoise(x: torch.Tensor, t: torch.Tensor, condition: Any = condition) -> torch.Tensor:
-                return network.denoise(x, t, condition)
-
-            final = sample(denoise, noise.expand(count, -1, -1, -1), steps)
-            faces = network.finish(final, condition).float().clamp(-1, 1)
+            faces = renderer(masked, inputs.reference.to(device).expand(count, -1, -1, -1),
+                             inputs.mel[first:first + batch].to(device), noise.expand(count, -1, -1, -1)).float()
             frames.append(((faces.permute(0, 2, 3, 1) + 1) * 127.5 + 0.5).clamp(0, 255).byte().cpu().numpy())
     return np.concatenate(frames)
 
