@@ -29,7 +29,7 @@ from avatar.landmarks import FaceLandmarker, mouth_opening
 from avatar.pack import BASE_VIDEO, SCHEMA_VERSION, PackMeta, expected_shape
 from avatar.pose import head_pose
 from avatar.track import CutDetector, SubjectTracker, smooth_track
-from avatar.video_io import VideoInfo, VideoWriter, decode_audio, iter_frames, probe
+from avatar.video_io import VideoInfo, VideoWriter, check_input_size, decode_audio, iter_frames, probe
 from twincast import __version__
 from twincast.errors import InputError, UnprocessableError
 from twincast.files import atomic_directory, sha256_file
@@ -65,6 +65,7 @@ class EnrollConfig:
     cut_settle_frames: int = 2  # frames after a cut also flagged, while the face settles
     reference_bank_size: int = 8
     max_damaged_fraction: float = 0.5  # refuse a file when more of its audio or its video cannot be decoded
+    max_input_gb: float = 16.0  # refuse a bigger file (from its size on disk, before anything is read)
 
     def __post_init__(self) -> None:
         if self.crop_px % 16 or not 32 <= self.crop_px <= 512:
@@ -81,6 +82,8 @@ class EnrollConfig:
             raise InputError(f"enroll reference_bank_size {self.reference_bank_size} must be in 1..64")
         if not 0.0 <= self.max_damaged_fraction < 1.0:
             raise InputError(f"enroll max_damaged_fraction {self.max_damaged_fraction} must be in [0, 1)")
+        if not 0.0 < self.max_input_gb <= 1024.0:
+            raise InputError(f"enroll max_input_gb {self.max_input_gb} must be in (0, 1024]")
 
 
 @dataclass(frozen=True)
@@ -161,11 +164,13 @@ def enroll(video: Path, out: Path, config: EnrollConfig | None = None, *, force:
     With ``write_report`` the pack also gets ``report.json`` and ``contact_sheet.png``.
 
     Raises:
-        NotFoundError, InputError: the video is missing, not a video, corrupt or truncated.
+        NotFoundError, InputError: the video is missing, empty, bigger than ``max_input_gb``, not a video,
+            corrupt or truncated.
         UnprocessableError: no audio track, too little usable footage, no face in most frames, or most of the
             audio or video cannot be decoded.
     """
     config = config or EnrollConfig()
+    check_input_size(video, int(config.max_input_gb * 1e9), "enroll max_input_gb")
     info = probe(video)
     if info.audio_rate_hz is None:
         raise UnprocessableError(f"{video} has no audio track; enrollment needs the person's speech")

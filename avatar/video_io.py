@@ -43,6 +43,27 @@ class VideoInfo:
     video_duration_s: float | None = None  # the video stream's own duration, when the container records it
 
 
+def check_input_size(path: Path, max_bytes: int, setting: str) -> int:
+    """The size of the footage file ``path`` in bytes, from the file system alone: a file that says it is huge
+    (a sparse file, a device) is refused without reading any of it.
+
+    Raises:
+        NotFoundError: the file does not exist.
+        InputError: not a regular file, empty, or over ``max_bytes`` (``setting`` names the limit).
+    """
+    if not path.exists():
+        raise NotFoundError(f"video {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"{path} is not a file; expected a video file such as an mp4")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path} is empty (0 bytes); expected a video file such as an mp4")
+    if size > max_bytes:
+        raise InputError(f"{path} is {size / 1e9:.1f} GB, over the {max_bytes / 1e9:g} GB limit ({setting}); "
+                         "cut the footage to the few minutes enrollment needs")
+    return size
+
+
 def _open(path: Path) -> Any:
     if not path.exists():
         raise NotFoundError(f"video {path} does not exist")
