@@ -7,6 +7,7 @@ import re
 import shutil
 import struct
 import subprocess
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from twincast.errors import DependencyError, InputError, ToolError, UnprocessableError
 
 MAX_TEXT_CHARS = 5000
+_UNSPOKEN_CATEGORIES = {"Cc", "Cf", "Cs"}  # control, format (bidi overrides, zero-width), lone surrogates
 SYNTH_TIMEOUT_S = 120
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
@@ -48,18 +50,29 @@ class Voice:
             raise InputError(f"voice pitch {self.pitch} is outside 0..99")
 
 
+def clean_text(text: str) -> str:
+    """``text`` with every kind of whitespace (newlines, tabs, line separators) as a plain space, and control,
+    format and lone surrogate characters removed: what reaches espeak-ng's command line or a log is one line of
+    printable text (a NUL there used to be an error, an escape sequence a terminal trick)."""
+    return "".join(" " if char.isspace() else char for char in text
+                   if char.isspace() or unicodedata.category(char) not in _UNSPOKEN_CATEGORIES)
+
+
 def check_text(text: str) -> str:
-    """Return the text stripped, or raise if it cannot be spoken.
+    """Return the text cleaned (``clean_text``) and stripped, or raise if nothing speakable remains.
 
     Raises:
-        UnprocessableError: the text is empty or whitespace.
+        UnprocessableError: the text is empty, or holds no letter, digit or symbol.
         InputError: the text is longer than ``MAX_TEXT_CHARS``.
     """
-    stripped = text.strip()
+    stripped = clean_text(text).strip()
     if not stripped:
-        raise UnprocessableError("text is empty; expected at least one word to speak")
+        raise UnprocessableError("text is empty (or only whitespace and control characters); expected at least "
+                                 "one word to speak")
     if len(stripped) > MAX_TEXT_CHARS:
         raise InputError(f"text has {len(stripped)} characters; at most {MAX_TEXT_CHARS} are accepted per request")
+    if not any(unicodedata.category(char)[0] in "LNS" for char in stripped):
+        raise UnprocessableError(f"text {stripped[:40]!r} has nothing to speak: no letter, digit or symbol")
     return stripped
 
 

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from twincast.errors import InputError
 
 POSE_DRIVER_NAMES = ("loop", "still")
 VIDEO_CODECS = ("vp8", "h264")
+LIMIT_RANGES: tuple[tuple[str, float, float], ...] = (  # each limit's setting and its allowed range
+    ("max_viewers", 1, 1000),
+    ("max_viewers_per_session", 1, 1000),
+    ("max_sessions", 1, 256),
+    ("max_body_bytes", 1024, 1024**3),
+    ("operator_rate_per_s", 0.1, 100_000),
+    ("operator_burst", 1, 100_000),
+    ("max_auth_failures", 1, 1_000_000),
+    ("auth_lockout_s", 1, 86_400),
+)
 
 
 @dataclass(frozen=True)
@@ -24,7 +35,15 @@ class ServeConfig:
     lead_frames: int = 2
     pose: str = "loop"
     video_codec: str = "vp8"
-    max_viewers: int = 16
+    max_viewers: int = 16  # WHEP viewers of all sessions together
+    max_viewers_per_session: int = 16
+    max_sessions: int = 8
+    max_body_bytes: int = 20 * 1024 * 1024  # the largest request body (an audio file); JSON and SDP have 64 KiB
+    operator_rate_per_s: float = 20.0  # operator requests per second and client address, ...
+    operator_burst: int = 40  # ... with this many at once
+    max_auth_failures: int = 10  # wrong tokens from one address within auth_lockout_s lock it out ...
+    auth_lockout_s: float = 60.0  # ... for this long
+    recordings_dir: Path = Path("recordings")  # recordings go here (created on demand); the API names files in it
     max_queued_speech_s: float = 300.0
     voice: str = "en-us"
     tts: str = "espeak-ng"
@@ -48,8 +67,12 @@ class ServeConfig:
             raise InputError(f"serve pose {self.pose!r} must be one of {POSE_DRIVER_NAMES}")
         if self.video_codec not in VIDEO_CODECS:
             raise InputError(f"serve video_codec {self.video_codec!r} must be one of {VIDEO_CODECS}")
-        if not 1 <= self.max_viewers <= 1000:
-            raise InputError(f"serve max_viewers {self.max_viewers} must be in 1..1000")
+        for name, low, high in LIMIT_RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InputError(f"serve {name} {value} must be in {low}..{high}")
+        if "\0" in str(self.recordings_dir):
+            raise InputError(f"serve recordings_dir {str(self.recordings_dir)!r} holds a NUL character")
         for name, token in (("operator", self.operator_token), ("viewer", self.viewer_token)):
             if token is not None and len(token) < 8:
                 raise InputError(f"the {name} token must be at least 8 characters")

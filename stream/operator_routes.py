@@ -4,52 +4,71 @@ sessions, outputs, the script, stats and the live event feed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
+import itertools
 import time
 
 import av
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from avatar.speech import Speech
+from avatar.audio import PLAYBACK_RATE_HZ
+from avatar.speech import Speech, check_text
 from stream.http_common import (
-    MAX_AUDIO_FILE_BYTES,
     RUNTIME,
     int_param,
     optional_str,
+    read_body,
     read_json,
     read_optional_json,
     read_sdp,
 )
 from stream.push import PushProtocol
 from stream.stats import stats_json
-from twincast.errors import InputError, PayloadTooLargeError, UnprocessableError
+from twincast.errors import InputError, LimitError, UnprocessableError
 
 STATS_EVERY_S = 0.5
+MIN_FILE_RATE_HZ, MAX_FILE_RATE_HZ = 8_000, 384_000
+MAX_PUSH_MESSAGE_BYTES = 1 << 20  # one PCM packet: 10 s at 48 kHz
+MAX_EVENTS_MESSAGE_BYTES = 4096  # the events socket only sends; a client's message is answered, a big one ends it
 
 
-def decode_audio_file(payload: bytes) -> Speech:
-    """Decode any audio file PyAV reads (wav, mp3, ogg, m4a, …) to mono float.
+def decode_audio_file(payload: bytes, max_seconds: float) -> Speech:
+    """Decode any audio file PyAV reads (wav, mp3, ogg, m4a, …) to mono float at 48 kHz.
+
+    FFmpeg's resampler takes any source rate; decoding stops as soon as the audio is longer than
+    ``max_seconds``, so a small file that decodes to hours (silence compresses well) is refused before it is
+    held in memory.
 
     Raises:
-        UnprocessableError: not decodable audio, or no samples.
+        UnprocessableError: not decodable audio, a sample rate outside 8 kHz..384 kHz, or no samples.
+        LimitError: longer than ``max_seconds`` (413; ``max_queued_speech_s``).
     """
+    parts: list[np.ndarray] = []
+    samples = 0
     try:
         with av.open(io.BytesIO(payload), mode="r") as container:
             if not container.streams.audio:
                 raise UnprocessableError("the uploaded file has no audio stream; expected wav, mp3, ogg or m4a")
             stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate or 48_000
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            parts = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
-                     for out in resampler.resample(frame)]
-            parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+            rate = stream.codec_context.sample_rate
+            if not MIN_FILE_RATE_HZ <= rate <= MAX_FILE_RATE_HZ:
+                raise UnprocessableError(f"the uploaded audio's sample rate {rate} Hz is outside "
+                                         f"{MIN_FILE_RATE_HZ}..{MAX_FILE_RATE_HZ} Hz")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=PLAYBACK_RATE_HZ)
+            for frame in itertools.chain(container.decode(stream), [None]):  # None drains the resampler
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray().reshape(-1))
+                    samples += parts[-1].size
+                if samples > max_seconds * PLAYBACK_RATE_HZ:
+                    raise LimitError(f"the uploaded audio is longer than the speech queue holds "
+                                     f"({max_seconds:g} s, max_queued_speech_s)", limit="max_queued_speech_s",
+                                     value=max_seconds, http_status=413)
     except av.error.FFmpegError as exc:
         raise UnprocessableError(f"the uploaded file is not decodable audio: {exc}") from exc
-    if not parts:
+    if not samples:
         raise UnprocessableError("the uploaded audio holds no samples")
-    return Speech(np.concatenate(parts).astype(np.float32), rate)
+    return Speech(np.concatenate(parts).astype(np.float32), PLAYBACK_RATE_HZ)
 
 
 async def auth_check(request: web.Request) -> web.Response:
@@ -67,28 +86,55 @@ async def event_log(request: web.Request) -> web.Response:
     return web.json_response({"events": [e.to_dict() for e in request.app[RUNTIME].events.recent(200)]})
 
 
+async def _open_socket(request: web.Request, max_msg_size: int) -> web.WebSocketResponse:
+    """Upgrade the request to a WebSocket, or say (400) that this endpoint is one."""
+    socket = web.WebSocketResponse(max_msg_size=max_msg_size, heartbeat=20)
+    if not socket.can_prepare(request).ok:
+        raise InputError(f"{request.method} {request.path} is a WebSocket endpoint; connect with "
+                         "Connection: Upgrade and Upgrade: websocket")
+    await socket.prepare(request)
+    return socket
+
+
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
-    """Live feed for the dashboard: recent events first, then stats every 0.5 s and each new event."""
+    """Live feed for the dashboard: recent events first, then stats every 0.5 s and each new event.
+
+    The socket only sends: a message from the client is answered with an error (and otherwise ignored); one
+    over ``MAX_EVENTS_MESSAGE_BYTES``, or a close, ends it.
+    """
     runtime = request.app[RUNTIME]
     log = runtime.events
-    socket = web.WebSocketResponse(heartbeat=20)
-    await socket.prepare(request)
+    socket = await _open_socket(request, MAX_EVENTS_MESSAGE_BYTES)
     queue = log.subscribe()
+    receiving = asyncio.ensure_future(socket.receive())  # awaited below, or cancelled in finally
     try:
         await socket.send_json({"type": "hello", "events": [e.to_dict() for e in log.recent(100)],
                                 "stats": stats_json(runtime.stats())})
         next_stats = time.monotonic() + STATS_EVERY_S
         while not socket.closed:
-            with contextlib.suppress(TimeoutError):  # events as they come, stats on their own cadence
-                event = await asyncio.wait_for(queue.get(), timeout=max(0.0, next_stats - time.monotonic()))
-                await socket.send_json({"type": "event", **event.to_dict()})
+            getting = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getting, receiving}, timeout=max(0.0, next_stats - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getting in done:  # events as they come, stats on their own cadence
+                await socket.send_json({"type": "event", **getting.result().to_dict()})
+            else:
+                getting.cancel()
+            if receiving in done:
+                message = receiving.result()
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break  # closed, closing or an error (a message over the size limit)
+                await socket.send_json({"type": "error", "error": "the events socket only sends; the "
+                                        f"{message.type.name.lower()} message was ignored"})
+                receiving = asyncio.ensure_future(socket.receive())
             if time.monotonic() >= next_stats:
                 await socket.send_json({"type": "stats", "stats": stats_json(runtime.stats())})
                 next_stats = time.monotonic() + STATS_EVERY_S
     except ConnectionResetError:
         pass
     finally:
+        receiving.cancel()
         log.unsubscribe(queue)
+    await socket.close()
     return socket
 
 
@@ -98,6 +144,7 @@ async def say(request: web.Request) -> web.Response:
     text = body.get("text")
     if not isinstance(text, str):
         raise InputError('body must be {"text": "…"} with a string text')
+    text = check_text(text)  # control characters out, so they reach neither espeak-ng nor the event log
     session = request.app[RUNTIME].session(optional_str(body, "session"))
     result = await session.say(text)
     request.app[RUNTIME].events.emit("speech", f"queued {result['queued_s']:.1f} s: {text[:60]}",
@@ -117,14 +164,13 @@ async def interrupt(request: web.Request) -> web.Response:
 
 async def play(request: web.Request) -> web.Response:
     """Play an uploaded audio file after whatever is queued."""
-    if request.content_length is not None and request.content_length > MAX_AUDIO_FILE_BYTES:
-        raise PayloadTooLargeError(
-            f"audio file of {request.content_length} bytes is over the {MAX_AUDIO_FILE_BYTES}-byte limit")
-    payload = await request.read()
+    config = request.app[RUNTIME].config
+    session = request.app[RUNTIME].session(request.query.get("session"))
+    payload = await read_body(request, config.max_body_bytes, "max_body_bytes", "audio file")
     if not payload:
         raise InputError("the request body is empty; expected the bytes of an audio file")
-    session = request.app[RUNTIME].session(request.query.get("session"))
-    speech = await asyncio.get_running_loop().run_in_executor(None, decode_audio_file, payload)
+    speech = await asyncio.get_running_loop().run_in_executor(None, decode_audio_file, payload,
+                                                              config.max_queued_speech_s)
     frames = await session.queue_speech(speech)
     request.app[RUNTIME].events.emit("speech", f"queued a {frames / session.clock.fps:.1f} s audio file",
                              session=session.session_id)
@@ -135,8 +181,7 @@ async def play(request: web.Request) -> web.Response:
 async def push(request: web.Request) -> web.WebSocketResponse:
     """An agent's PCM push (see ``stream.push`` for the protocol)."""
     session = request.app[RUNTIME].session(request.query.get("session"))
-    socket = web.WebSocketResponse(max_msg_size=1 << 20, heartbeat=20)
-    await socket.prepare(request)
+    socket = await _open_socket(request, MAX_PUSH_MESSAGE_BYTES)
     protocol = PushProtocol(session)
     request.app[RUNTIME].events.emit("input", "agent push connected", session=session.session_id)
     await socket.send_json(protocol.hello())
@@ -216,8 +261,10 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def list_outputs(request: web.Request) -> web.Response:
-    """RTMP pushes and recordings, with their state (stream keys masked)."""
-    return web.json_response({"outputs": [o.describe() for o in request.app[RUNTIME].outputs()]})
+    """RTMP pushes and recordings, with their state (stream keys masked), and where recordings go."""
+    runtime = request.app[RUNTIME]
+    return web.json_response({"outputs": [o.describe() for o in runtime.outputs()],
+                              "recordings_dir": str(runtime.config.recordings_dir.resolve())})
 
 
 async def create_output(request: web.Request) -> web.Response:

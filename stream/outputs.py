@@ -35,6 +35,10 @@ VIDEO_BITRATE = 1_500_000
 AUDIO_BITRATE = 128_000
 MAX_BACKOFF_S = 30.0
 QUEUE_FRAMES = 100
+MAX_URL_CHARS = 2048
+RTMP_URL = re.compile(r"^rtmps?://[!-.0-~]+/[!-~]+$")  # printable ASCII; no '/' in the host part
+MAX_RECORDING_DEPTH = 4
+RECORDING_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def mask_url(url: str) -> str:
@@ -47,6 +51,42 @@ def mask_url(url: str) -> str:
     return f"{prefix}{'*' * 8}{visible}{'?…' if rest else ''}"
 
 
+def recording_path(name: str, recordings_dir: Path) -> Path:
+    """Where a recording named by the API goes: ``name`` is a file name, or a relative path, inside
+    ``recordings_dir``; the directories on the way are created.
+
+    Raises:
+        InputError: an absolute path, a ``..`` or an odd name (the message names the rule), a path that leads out
+            of ``recordings_dir`` (through a link), or a recording that exists already.
+    """
+    parts = name.split("/")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise InputError(f"recording path {name!r} is absolute; give a file name such as show.mp4, or a relative "
+                         f"path such as 2026/show.mp4, inside the recordings directory")
+    if ".." in parts:
+        raise InputError(f"recording path {name!r} must not contain '..'; it names a file inside the recordings "
+                         "directory")
+    if len(parts) > MAX_RECORDING_DEPTH or not all(RECORDING_PART.match(part) for part in parts):
+        raise InputError(f"recording path {name!r} must be up to {MAX_RECORDING_DEPTH} '/'-separated names, each "
+                         "1-100 of A-Z a-z 0-9 . _ - starting with a letter or digit")
+    if not name.lower().endswith(".mp4"):
+        raise InputError(f"recording path {name!r} must end in .mp4")
+    try:
+        recordings_dir.mkdir(parents=True, exist_ok=True)
+        directory = recordings_dir.resolve()
+        for part in parts[:-1]:
+            directory = directory / part
+            if directory.is_symlink():  # it could lead anywhere: the recordings stay inside the directory
+                raise InputError(f"recording path {name!r} passes through a link ({part}); links are not followed")
+            directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the directory for recording {name!r}: {exc.strerror}") from exc
+    target = directory / parts[-1]
+    if target.exists() or target.is_symlink():
+        raise InputError(f"recording {name} already exists; choose a new file name")
+    return target
+
+
 def check_target(kind: str, target: str) -> str:
     """Validate an output target.
 
@@ -54,8 +94,9 @@ def check_target(kind: str, target: str) -> str:
         InputError: an RTMP URL that is not rtmp(s)://host/app/key, or a recording path that is not a new .mp4.
     """
     if kind == "rtmp":
-        if not re.match(r"^rtmps?://[^/\s]+/[^\s]+$", target):
-            raise InputError("RTMP url must look like rtmp://host[:port]/app/stream-key (or rtmps://)")
+        if len(target) > MAX_URL_CHARS or not RTMP_URL.match(target):
+            raise InputError("RTMP url must look like rtmp://host[:port]/app/stream-key (or rtmps://), in printable "
+                             f"ASCII without spaces, at most {MAX_URL_CHARS} characters")
         return target
     if kind == "record":
         path = Path(target)

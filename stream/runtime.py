@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,16 +25,17 @@ from stream.channel import Channel
 from stream.clock import MediaClock
 from stream.config import ServeConfig
 from stream.events import EventLog
-from stream.outputs import StreamOutput
+from stream.outputs import StreamOutput, recording_path
 from stream.render_worker import RenderWorker
 from stream.script import Script
 from stream.session import Twin, TwinSession
 from stream.stats import ServerStats
 from stream.tts import make_tts
-from twincast.errors import InputError, NotFoundError, QueueFullError
+from twincast.errors import InputError, LimitError, NotFoundError
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+RETRY_FULL_S = 30.0  # what a viewer refused at capacity is told to wait before trying again
 
 
 class TwinRuntime:
@@ -50,6 +52,7 @@ class TwinRuntime:
         self.events = EventLog()
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._answering: Counter[str] = Counter()  # WHEP offers being answered, per session (for the limits)
         self._clock_grid = time.monotonic()  # every session's clock ticks on this grid
 
     async def start(self) -> None:
@@ -92,6 +95,7 @@ class TwinRuntime:
         Raises:
             InputError: a bad or taken session id.
             NotFoundError: no such twin.
+            LimitError: ``max_sessions`` sessions run already (503).
         """
         if self.worker is None:
             raise RuntimeError("runtime not started")
@@ -99,6 +103,10 @@ class TwinRuntime:
             raise InputError(f"session id {session_id!r} must be 1-40 letters, digits, '-' or '_'")
         if session_id in self.channels:
             raise InputError(f"session {session_id!r} exists already")
+        if len(self.channels) >= self.config.max_sessions:
+            raise LimitError(f"session limit reached: {len(self.channels)} sessions run, max_sessions is "
+                             f"{self.config.max_sessions}; stop one first", limit="max_sessions",
+                             value=self.config.max_sessions, http_status=503)
         if twin_name not in self.twins:
             raise NotFoundError(f"no twin {twin_name!r}; twins: {sorted(self.twins)}")
         twin = self.twins[twin_name]
@@ -155,12 +163,23 @@ class TwinRuntime:
         Raises:
             InputError: the offer is not a usable SDP offer with a video section.
             NotFoundError: no such session.
-            QueueFullError: the viewer limit is reached.
+            LimitError: ``max_viewers`` (all sessions) or ``max_viewers_per_session`` is reached (503).
         """
         channel = self.channel(session_id)
-        if self.viewer_count >= self.config.max_viewers:
-            raise QueueFullError(f"viewer limit reached ({self.config.max_viewers}); try again later")
-        return await channel.add_viewer(offer_sdp)
+        key = channel.session_id
+        answering = sum(self._answering.values())  # offers being answered count too: they may all succeed
+        for limit, count, value in (
+                ("max_viewers", self.viewer_count + answering, self.config.max_viewers),
+                ("max_viewers_per_session", len(channel.viewers) + self._answering[key],
+                 self.config.max_viewers_per_session)):
+            if count >= value:
+                raise LimitError(f"viewer limit reached: {limit} is {value}; try again later", limit=limit,
+                                 value=value, http_status=503, retry_after_s=RETRY_FULL_S)
+        self._answering[key] += 1
+        try:
+            return await channel.add_viewer(offer_sdp)
+        finally:
+            self._answering[key] -= 1
 
     async def remove_viewer(self, viewer_id: str) -> None:
         """Close a viewer's connection, whichever session it watches.
@@ -189,8 +208,12 @@ class TwinRuntime:
         raise NotFoundError(f"no upstream {upstream_id!r}")
 
     def add_output(self, kind: str, target: str, session_id: str | None = None) -> StreamOutput:
-        """Start pushing a session to RTMP or recording it to MP4."""
-        return self.channel(session_id).add_output(kind, target)
+        """Start pushing a session to RTMP, or recording it to MP4 under ``config.recordings_dir`` (``target``
+        names the file inside it: see ``outputs.recording_path``)."""
+        channel = self.channel(session_id)
+        if kind == "record":
+            target = str(recording_path(target, self.config.recordings_dir))
+        return channel.add_output(kind, target)
 
     def outputs(self) -> list[StreamOutput]:
         """Every running output, session by session."""

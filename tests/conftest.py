@@ -125,8 +125,15 @@ def full_run(workdir: Path, run_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(pack: Path, artifact: Path) -> Iterator[ServerProcess]:
-    """``twincast serve`` on a free loopback port, with a still head so only the mouth moves."""
+def server(workdir: Path, pack: Path, artifact: Path) -> Iterator[ServerProcess]:
+    """``twincast serve`` on a free loopback port, with a still head so only the mouth moves.
+
+    Its recordings go to a temporary directory; its per-address limits are raised, since every test talks to it
+    from one address, some of them on purpose with wrong tokens (the limits are tested in ``test_limits``).
+    """
     with ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0",
-                       "--pose", "still") as process:
+                       "--pose", "still", env={
+                           "TWINCAST_SERVE_RECORDINGS_DIR": str(workdir / "recordings"),
+                           "TWINCAST_SERVE_OPERATOR_RATE_PER_S": "1000", "TWINCAST_SERVE_OPERATOR_BURST": "1000",
+                           "TWINCAST_SERVE_MAX_AUTH_FAILURES": "1000"}) as process:
         yield process

@@ -63,3 +63,19 @@ class QueueFullError(TwincastError):
     """A bounded queue refused more work; the caller should retry later or interrupt first."""
 
     http_status = 429
+
+
+class LimitError(TwincastError):
+    """A configured limit was reached: ``limit`` names the setting, ``value`` is its value.
+
+    The status says which kind: 413 (a body over its size), 429 (this client asks too often, or is locked out
+    after failed tokens) or 503 (the server is at capacity). ``retry_after_s``, when known, is how long to wait.
+    """
+
+    def __init__(self, message: str, *, limit: str, value: float, http_status: int,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
