@@ -97,8 +97,10 @@ ROUTES: list[Route] = [
     Route("POST", "/api/play", op.play, "Play an audio file after what is queued",
           body={"content": "application/octet-stream"}, query=(SESSION_QUERY,), responses={"202": "queued"},
           errors=(422,)),
-    Route("GET", "/api/push", op.push, "WebSocket: an agent pushes 16-bit PCM (see stream/push.py)",
-          query=(SESSION_QUERY,), responses=WEBSOCKET),
+    Route("GET", "/api/push", op.push, "WebSocket: an agent pushes 16-bit PCM; with ?version=2 it also hears when "
+          "the twin's speech starts and stops playing (docs/avatar-protocol.md)",
+          query=(SESSION_QUERY, {"name": "version", "in": "query", "required": False,
+                                 "schema": {"type": "string", "enum": ["1", "2"]}}), responses=WEBSOCKET),
     Route("POST", "/api/{kind:mic|webcam}", op.upstream_offer, "Operator microphone or webcam upstream",
           body={"content": "application/sdp"}, query=(SESSION_QUERY,), responses={"201": "SDP answer"}),
     Route("DELETE", "/api/{kind:mic|webcam}/{upstream_id}", op.upstream_delete, "Disconnect an upstream",

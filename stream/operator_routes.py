@@ -23,7 +23,8 @@ from stream.http_common import (
     read_optional_json,
     read_sdp,
 )
-from stream.push import PushProtocol
+from stream.push import PushProtocol, protocol_version
+from stream.push import serve as serve_push
 from stream.stats import stats_json
 from twincast.errors import InputError, LimitError, UnprocessableError
 
@@ -181,19 +182,10 @@ async def play(request: web.Request) -> web.Response:
 async def push(request: web.Request) -> web.WebSocketResponse:
     """An agent's PCM push (see ``stream.push`` for the protocol)."""
     session = request.app[RUNTIME].session(request.query.get("session"))
+    protocol = PushProtocol(session, protocol_version(request.query.get("version")))
     socket = await _open_socket(request, MAX_PUSH_MESSAGE_BYTES)
-    protocol = PushProtocol(session)
     request.app[RUNTIME].events.emit("input", "agent push connected", session=session.session_id)
-    await socket.send_json(protocol.hello())
-    async for message in socket:
-        if message.type == WSMsgType.TEXT:
-            replies = protocol.on_text(message.data)
-        elif message.type == WSMsgType.BINARY:
-            replies = protocol.on_binary(message.data)
-        else:
-            break
-        for reply in replies:
-            await socket.send_json(reply)
+    await serve_push(socket, protocol)
     request.app[RUNTIME].events.emit("input", "agent push disconnected", session=session.session_id)
     return socket
 

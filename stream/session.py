@@ -7,7 +7,10 @@ its own audio: audio and video are locked by construction. (The whole path of a 
 the ``stream`` package's docstring.)
 
 The session announces its changes as events (``session.on(name, handler)``, aiortc's style): ``speaking``
-(bool) when speech starts or stops playing, ``late`` (frame index) for a frame rendered after its deadline,
+(bool) when speech is first queued or playing and when it has stopped playing, ``playout`` (playing: bool, frame
+index) on the tick at which the first frame of speech, or the first silent frame after it, plays out (a frame's
+time on the stream is its index / fps), ``interrupted`` (first silent frame index, frames of queued speech dropped)
+on every interrupt, ``late`` (frame index) for a frame rendered after its deadline,
 ``live_dropped`` (frames) when live audio is dropped to bound latency, ``pose_fallback`` when a lost webcam
 hands the head back to the footage loop, ``degraded`` (reason) and ``recovered`` (seconds degraded) around an
 engine failure or stall, and ``speech_failed`` (message) when text to speech fails, in the request or in a later
@@ -135,6 +138,7 @@ class TwinSession(EventEmitter):
         self._first_egress: int | None = None
         self._repeat_counted = -1
         self._speaking = False
+        self._playing_speech = False  # whether the frame playing out now carries speech (the ``playout`` event)
         self.degraded: DegradedStats | None = None
         self._degraded_at = 0.0  # on the session clock
         self._rendered_in_a_row = 0
@@ -182,6 +186,12 @@ class TwinSession(EventEmitter):
         if speaking != self._speaking:
             self._speaking = speaking
             self.emit("speaking", speaking)
+        playing_index = tick - self.delay_frames  # the frame whose playout deadline is this tick's
+        chunk = self._audio.get(playing_index)
+        playing = chunk is not None and chunk.speech
+        if playing != self._playing_speech:
+            self._playing_speech = playing
+            self.emit("playout", playing, playing_index)
 
     def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
@@ -386,6 +396,7 @@ class TwinSession(EventEmitter):
         for frame_index in range(max(0, first_unplayed), self._next_tick - self.lookahead):
             self._submit(frame_index, urgent=frame_index == max(0, first_unplayed))
         self.last_interrupt = {"at": self.clock.now(), "first_silent_frame": float(first_unplayed)}
+        self.emit("interrupted", first_unplayed, dropped)
         return {"generation": self.generation, "dropped_s": round(dropped / self.clock.fps, 3)}
 
     # --- reporting -------------------------------------------------------------------------------------------
