@@ -7,11 +7,12 @@ WHEP viewer that stays for the whole run; speech pushed over ``/api/push`` every
 every 30 s and leaves after 20 s; an RTMP push to a local nginx-rtmp ingest (started and stopped here); an MP4
 recording, stopped and checked with ffprobe at the end.
 
-Once a second it records the server's RSS, threads and open files (from /proc), its stats (fps, late, repeated
-and idle frames, viewers), the RTMP output's state and reconnects and what the ingest has received, and the
-recording's size. Per utterance it finds, in what the long-lived viewer received, the mouth onset and the audio
-onset as ``bench.live drift`` does, and their offset (mouth − sound); drift is the median offset of the last
-tenth of the utterances minus that of the first tenth. Writes DIR/soak.json (series and summary) and DIR/soak.png.
+Once a second it records the server's RSS, threads, open files and CPU time (from /proc), the machine's load,
+the server's stats (fps, late, repeated and idle frames, viewers), the RTMP output's state and reconnects and
+what the ingest has received, and the recording's size. Per utterance it finds, in what the long-lived viewer
+received, the mouth onset and the audio onset as ``bench.live drift`` does, their offset (mouth − sound) and
+how long after the push the sound arrived; drift is the median offset of the last tenth of the utterances minus
+that of the first tenth. Writes DIR/soak.json (the series and a summary) and DIR/soak.png.
 """
 
 from __future__ import annotations
@@ -192,14 +193,21 @@ class Soak:
         """The soak proper, while the long-lived viewer receives: sample, speak and churn until the end."""
         self.log.started_at = time.monotonic()
         end = self.log.started_at + 60 * self.plan.minutes
-        await asyncio.gather(self._sample_until(http, end), self._speak_until(end), self._churn_until(end))
+        # One task group: when a task fails (the server went away), the others are cancelled while the viewers'
+        # peers still run, so each churning viewer hangs up before the loop winds down.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._sample_until(http, end), name="soak-sample")
+            group.create_task(self._speak_until(end), name="soak-speak")
+            group.create_task(self._churn_until(end), name="soak-churn")
 
     async def _sample_until(self, http: aiohttp.ClientSession, end: float) -> None:
         next_at, minute = time.monotonic(), 0
         while next_at <= end:
-            if self.server.process is not None and self.server.process.poll() is not None:
-                raise InputError("the server exited during the soak:\n" + "\n".join(self.server.lines[-30:]))
-            sample = await self._sample(http)
+            try:
+                sample = await self._sample(http)
+            except aiohttp.ClientError:
+                await self._raise_if_server_exits(within_s=10.0)
+                raise
             self.log.samples.append(sample)
             if sample.t_s >= 60 * (minute + 1):
                 minute += 1
@@ -209,6 +217,17 @@ class Soak:
                               f"{sample.recording_mb:.0f} MB, {len(self.log.pushes)} utterances")
             next_at += self.plan.sample_every_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _raise_if_server_exits(self, within_s: float) -> None:
+        """Say so (InputError, with its last lines) when the server process ends within ``within_s``: a server
+        that stopped answering may still be shutting down."""
+        deadline = time.monotonic() + within_s
+        while self.server.process is not None and time.monotonic() < deadline:
+            if self.server.process.poll() is not None:
+                raise InputError(f"the server exited (status {self.server.process.returncode}) "
+                                 f"{time.monotonic() - self.log.started_at:.0f} s into the soak:\n"
+                                 + "\n".join(self.server.lines[-30:]))
+            await asyncio.sleep(0.2)
 
     async def _sample(self, http: aiohttp.ClientSession) -> Sample:
         stats = await self._api(http, "GET", "/api/stats")
@@ -282,14 +301,16 @@ class Soak:
         return report
 
     def utterances(self, media: ReceivedMedia) -> list[dict[str, float]]:
-        """Each utterance whose mouth and audio onsets were both found: its time and offset (mouth − sound)."""
+        """Each utterance whose mouth and audio onsets were both found: when it was pushed, its offset (mouth −
+        sound), and how long after the push each onset reached the viewer."""
         times = np.array(media.video_arrival_s)
         settled = np.flatnonzero(times >= times[0] + 1.0)  # the first second holds the start-up frames
         boxes = [media.video[i] for i in settled]
         series = np.concatenate([mouth_changes(boxes[:10] + boxes[start:start + CHUNK_FRAMES])[10:]
                                  for start in range(0, len(boxes), CHUNK_FRAMES)])
         pairs, _ = onset_pairs(media, times[settled], series, self.log.pushes)
-        return [{"t_s": round(pushed - self.log.started_at, 2), "offset_ms": round(1000 * (mouth - sound), 1)}
+        return [{"t_s": round(pushed - self.log.started_at, 2), "offset_ms": round(1000 * (mouth - sound), 1),
+                 "mouth_ms": round(1000 * (mouth - pushed), 1), "audio_ms": round(1000 * (sound - pushed), 1)}
                 for pushed, mouth, sound in pairs]
 
 
@@ -325,13 +346,13 @@ def check_recording(path: Path) -> dict[str, Any]:
             "tail_decodes": tail.returncode == 0 and not tail.stderr.strip(), "tail_errors": tail.stderr[-500:]}
 
 
-def drift_ms(offsets_ms: list[float]) -> tuple[float, float, float]:
-    """(median offset of the first tenth of the utterances, of the last tenth, last − first). A tenth is at least
-    three utterances when there are six or more, so one utterance whose mouth was held back by a starved CPU
-    does not pass for drift."""
-    count = len(offsets_ms)
-    share = max(3, count // 10) if count >= 6 else 1
-    first, last = float(np.median(offsets_ms[:share])), float(np.median(offsets_ms[-share:]))
+def first_last(values: list[float]) -> tuple[float, float, float]:
+    """(median of the first tenth of ``values``, of the last tenth, last − first). A tenth is at least four values
+    when there are eight or more (half of them when fewer), so one utterance whose mouth was held back by a
+    starved CPU, or the 20 ms and 40 ms steps the onsets are found on, do not pass for drift."""
+    count = len(values)
+    share = max(1, count // 10, min(4, count // 2))
+    first, last = float(np.median(values[:share])), float(np.median(values[-share:]))
     return round(first, 1), round(last, 1), round(last - first, 1)
 
 
@@ -352,7 +373,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The figures the soak is judged by."""
     series = report["series"]
     offsets = [u["offset_ms"] for u in report["utterances"]]
-    first, last, drift = drift_ms(offsets) if offsets else (float("nan"),) * 3
+    first, last, drift = first_last(offsets) if offsets else (float("nan"),) * 3
+    audio_first, audio_last, _ = first_last([u["audio_ms"] for u in report["utterances"]]) if offsets else \
+        (float("nan"),) * 3
     return {
         **rss_figures(series["t_s"], series["rss_mb"]),
         "threads_start_end": [series["threads"][0], series["threads"][-1]],
@@ -369,6 +392,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "utterances": report["speech"]["pushed"], "measured": len(offsets),
         "offset_min_ms": min(offsets, default=float("nan")), "offset_max_ms": max(offsets, default=float("nan")),
         "offset_first_ms": first, "offset_last_ms": last, "drift_ms": drift,
+        "push_to_sound_first_ms": audio_first, "push_to_sound_last_ms": audio_last,
         "rtmp_at_end": report["outputs"]["rtmp_at_end"],
         "rtmp_reconnects": report["outputs"]["rtmp"]["reconnects"],
         "ingest_mb": series["ingest_mb"][-1],

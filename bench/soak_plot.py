@@ -91,11 +91,15 @@ def _av_offset(axis: Any, report: dict[str, Any], series: dict[str, np.ndarray],
         span = min(10, len(offsets))
         rolling = np.median(np.lib.stride_tricks.sliding_window_view(offsets, span), axis=1)
         axis.plot(at[span - 1:], rolling, color="tab:red", lw=1.2, label=f"median of the last {span}")
-        axis.legend(loc="upper right", fontsize=7)
+        latency = axis.twinx()
+        latency.plot(at, [u["audio_ms"] for u in utterances], color="tab:gray", lw=0.8, alpha=0.7)
+        latency.set_ylabel("push → sound (ms)", color="tab:gray", fontsize=8)
+        axis.legend(loc="upper left", fontsize=7)
     axis.set_ylabel("mouth − sound (ms)")
     axis.set_title(f"A/V offset at the long-lived viewer: {summary['measured']} of {summary['utterances']} "
                    f"utterances, {summary['offset_min_ms']:.0f}…{summary['offset_max_ms']:.0f} ms; drift (last "
-                   f"tenth − first, medians) {summary['drift_ms']:+.1f} ms", fontsize=9)
+                   f"tenth − first, medians) {summary['drift_ms']:+.1f} ms; grey: push → sound "
+                   f"{summary['push_to_sound_first_ms']:.0f} → {summary['push_to_sound_last_ms']:.0f} ms", fontsize=9)
 
 
 def _rtmp(axis: Any, report: dict[str, Any], series: dict[str, np.ndarray], minutes: np.ndarray) -> None:
