@@ -55,7 +55,7 @@ FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=list(Heal
 SERVER_ENV = {"TWINCAST_SERVE_OPERATOR_RATE_PER_S": "100000", "TWINCAST_SERVE_OPERATOR_BURST": "100000",
               "TWINCAST_SERVE_MAX_AUTH_FAILURES": "1000000", "TWINCAST_SERVE_MAX_SESSIONS": "3",
               "TWINCAST_SERVE_MAX_VIEWERS_PER_SESSION": "4", "TWINCAST_SERVE_MAX_VIEWERS": "6"}
-REPLY_TYPES = {"ready", "started", "queued", "interrupted", "error"}
+REPLY_TYPES = {"ready", "started", "queued", "interrupted", "status", "error"}
 
 
 # --- material: real offers, real audio ----------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def post_bytes(server: ServerProcess, path: str, body: bytes, content_type: str
 def control_messages() -> st.SearchStrategy[str]:
     rates = st.one_of(st.integers(-10, 200_000), st.sampled_from([8000, 11025, 22050, 44100, 96000, 96001]),
                       st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4), st.booleans(), st.none())
-    kinds = st.one_of(st.sampled_from(["start", "end", "interrupt", "sing", ""]), st.integers(), st.none())
+    kinds = st.one_of(st.sampled_from(["start", "end", "interrupt", "status", "sing", ""]), st.integers(), st.none())
     return st.one_of(
         st.builds(lambda kind, rate: json.dumps({"type": kind, "sample_rate": rate}), kinds, rates),
         st.builds(lambda kind: json.dumps({"type": kind}), kinds),
