@@ -175,7 +175,8 @@ class Channel:
         described = output.describe()
         message = f"{output.kind} {described['target']}: {output.state}" + (f" ({output.error})" if output.error
                                                                              else "")
-        self._note("output", message, "warning" if output.state in ("reconnecting", "failed") else "info")
+        level = {"reconnecting": "warning", "failed": "error"}.get(output.state, "info")
+        self._note("output", message, level)
 
     async def remove_output(self, output_id: str) -> StreamOutput | None:
         """Stop an output (finishing a recording); None when this channel has no such output."""

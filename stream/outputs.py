@@ -3,13 +3,22 @@
 An output reads the session's relayed tracks like any viewer, and hands frames to an encoder thread through a
 bounded queue (overflow rule: drop the oldest; the muxer follows the frames' own timestamps, so a dropped frame
 is a repeat at the far end, never a drift). When an RTMP ingest goes away the thread reconnects with
-exponential backoff (1 s doubling to 30 s). Recordings are written to a temporary file and renamed on stop.
+exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for ``STABLE_LIVE_S``). It is
+``live`` only once connected (the header written), so an ingest that refuses connections shows ``reconnecting``
+throughout.
+
+Recordings are fragmented MP4 (``stream.fmp4``) written to a hidden temporary file (``.recording-*.mp4``) and
+renamed to their name when they stop. When writing fails (a full disk) the recording stops with state ``failed``
+and a reason that says so; its file is cut back to its last whole fragment and kept as ``NAME.partial.mp4``
+(playable up to about 2 s before the failure), never under the finished recording's name; the stream and every
+other output go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -26,6 +35,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from stream.fmp4 import FRAGMENTED_MP4_OPTIONS, whole_fragments_bytes
 from stream.stats import OutputStats
 from twincast.errors import InputError
 
@@ -34,6 +44,7 @@ GOP_S = 2
 VIDEO_BITRATE = 1_500_000
 AUDIO_BITRATE = 128_000
 MAX_BACKOFF_S = 30.0
+STABLE_LIVE_S = 5.0  # a push live this long has recovered: its next outage backs off from 1 s again
 QUEUE_FRAMES = 100
 MAX_URL_CHARS = 2048
 RTMP_URL = re.compile(r"^rtmps?://[!-.0-~]+/[!-~]+$")  # printable ASCII; no '/' in the host part
@@ -110,6 +121,15 @@ def check_target(kind: str, target: str) -> str:
     raise InputError(f"output kind {kind!r} must be 'rtmp' or 'record'")
 
 
+def describe_write_error(exc: BaseException) -> str:
+    """A write error as the operator should read it: a full disk says "disk full", not "[Errno 28] …"."""
+    reasons = {errno.ENOSPC: "disk full: no space left on device",
+               errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large: the file system's or the process's file size limit"}
+    code = exc.errno if isinstance(exc, OSError) else None
+    return reasons.get(code or 0, str(exc))
+
+
 class StreamOutput:
     """One running output of one session."""
 
@@ -135,6 +155,8 @@ class StreamOutput:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"twincast-output-{output_id}", daemon=True)
         self._readers: list[asyncio.Task[Any]] = []
+        self._scratch: Path | None = None  # the recording's temporary file while it is written
+        self._live_since: float | None = None  # monotonic time the current connection or file was opened
         self._on_state = on_state  # called on the event loop after each state change
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -193,36 +215,49 @@ class StreamOutput:
     # --- encoder thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 1.0
+        backoff_s = 1.0
         while not self._stop.is_set():
             try:
                 self._stream_once()
                 break  # a clean stop
             except (av.error.FFmpegError, OSError, ValueError) as exc:
-                message = self._scrub(str(exc))
                 if self.kind == "record":
-                    self._set_state("failed", message)
-                    log.error("recording %s failed: %s", self.target, message)
+                    self._recording_failed(exc)
                     return
+                if self._live_since is not None and time.monotonic() - self._live_since >= STABLE_LIVE_S:
+                    backoff_s = 1.0  # it had recovered: a new outage backs off from the start again
+                self._live_since = None
+                message = self._scrub(str(exc))
                 self.reconnects += 1
                 self._set_state("reconnecting", message)
                 log.warning("output %s to %s: %s; reconnecting in %.0f s", self.output_id, mask_url(self.target),
-                            message, backoff)
-                deadline = time.monotonic() + backoff
+                            message, backoff_s)
+                deadline = time.monotonic() + backoff_s
                 while time.monotonic() < deadline and not self._stop.is_set():
                     with contextlib.suppress(queue.Empty):
                         self._queue.get(timeout=0.1)  # drop frames while disconnected: latency must not grow
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
         if self.state != "failed":
             self._set_state("stopped", self.error)
 
     def _stream_once(self) -> None:
-        if self.kind == "record":
-            fd, scratch = tempfile.mkstemp(prefix=".recording-", suffix=".mp4", dir=Path(self.target).parent)
-            os.close(fd)
-            destination, options, container_format = scratch, {"movflags": "+faststart"}, "mp4"
-        else:
-            destination, options, container_format = self.target, {"rw_timeout": "5000000"}, "flv"
+        if self.kind != "record":
+            self._encode(self.target, "flv", {"rw_timeout": "5000000"})
+            return
+        fd, scratch = tempfile.mkstemp(prefix=".recording-", suffix=".mp4", dir=Path(self.target).parent)
+        os.close(fd)
+        self._scratch = Path(scratch)
+        self._encode(scratch, "mp4", FRAGMENTED_MP4_OPTIONS)
+        os.replace(scratch, self.target)
+        self._scratch = None
+
+    def _encode(self, destination: str, container_format: str, options: dict[str, str]) -> None:
+        """Open ``destination``, encode frames from the queue until stopped, flush and close it.
+
+        Raises:
+            av.error.FFmpegError, OSError, ValueError: opening, writing or closing failed (the first error is
+                the one raised: closing a file that could not be written fails too).
+        """
         container = av.open(destination, mode="w", format=container_format, options=options)
         self.connects += 1
         try:
@@ -234,16 +269,57 @@ class StreamOutput:
                              "sc_threshold": "0", "bf": "0"}
             audio = container.add_stream("aac", rate=48_000, layout="mono")
             audio.bit_rate = AUDIO_BITRATE
+            container.start_encoding()  # opens the file or connects to the ingest, and writes the header
+            self._live_since = time.monotonic()
             self._set_state("recording" if self.kind == "record" else "live")
             self._pump(container, video, audio)
             for packet in video.encode(None):
                 container.mux(packet)
             for packet in audio.encode(None):
                 container.mux(packet)
-        finally:
-            container.close()
-        if self.kind == "record":
-            os.replace(destination, self.target)
+        except (av.error.FFmpegError, OSError, ValueError):
+            with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
+                container.close()  # writes the trailer, which fails the same way; the file is closed regardless
+            raise
+        container.close()
+
+    def _recording_failed(self, exc: BaseException) -> None:
+        """The recording cannot go on: keep what of it is whole, stop reading, say what happened and where the
+        part that was recorded is (on the encoder thread)."""
+        reason = describe_write_error(exc)
+        recorded_s = time.time() - self.started_at
+        kept = self._keep_partial()
+        self._set_state("failed", f"{reason}, after {recorded_s:.0f} s of recording; {kept}")
+        log.error("recording %s failed: %s (%s)", self.target, reason, kept)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop_reading)
+
+    def _keep_partial(self) -> str:
+        """Cut the scratch file back to its last whole fragment and rename it ``NAME.partial.mp4`` beside the
+        target (never the target's own name: that is for finished recordings); returns what became of it."""
+        scratch, self._scratch = self._scratch, None
+        if scratch is None or not scratch.exists():
+            return "no file was written"
+        partial = Path(self.target).with_suffix(".partial.mp4")
+        try:
+            whole_bytes = whole_fragments_bytes(scratch)
+            if whole_bytes == 0:
+                scratch.unlink()
+                return "nothing playable had been written, so no file is kept"
+            os.truncate(scratch, whole_bytes)
+            if partial.exists():
+                return f"the {whole_bytes / 1e6:.1f} MB recorded is kept, playable, in {scratch}"
+            os.replace(scratch, partial)
+        except OSError as exc:
+            return f"the partial file {scratch} could not be cut back to its whole fragments ({exc.strerror})"
+        return f"the {whole_bytes / 1e6:.1f} MB recorded is kept, playable, in {partial}"
+
+    def _stop_reading(self) -> None:
+        """Stop the track readers of an output whose thread has ended (on the event loop)."""
+        for reader in self._readers:
+            reader.cancel()
+        self._video.stop()
+        self._audio.stop()
 
     def _pump(self, container: Any, video: Any, audio: Any) -> None:
         origin_s: float | None = None  # one origin for both streams keeps them in sync in the file

@@ -19,7 +19,7 @@ sentence synthesised in the background (or a later sentence does not fit in the 
 Faults degrade, never stop, the stream: a frame whose render is missing (failed, or more than a frame or two
 late) is shown as its un-rendered base frame — the footage loop goes on, its mouth as filmed — rather than
 freezing the last render; the session is ``degraded`` from the first failed render (or after
-``STALL_FRAMES`` without any) until ``RECOVER_AFTER_FRAMES`` frames in a row render again.
+``STALL_FRAMES`` without one in time) until ``RECOVER_AFTER_FRAMES`` frames in a row render in time again.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ T = TypeVar("T")
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 IDLE_AFTER_MISSED_FRAMES = 3  # a render this many frames overdue: show the base frame, not a frozen render
 STALL_FRAMES = 25  # no render shown for this many frames (1 s): degraded, even without a reported failure
-RECOVER_AFTER_FRAMES = 25  # frames rendered in a row that end a degraded state (a flapping engine stays degraded)
+RECOVER_AFTER_FRAMES = 50  # frames rendered in time in a row (2 s) that end a degraded state: a flapping or
+# borderline engine stays degraded rather than announcing a recovery every second
 
 
 class FrameRing(Generic[T]):
@@ -225,12 +226,13 @@ class TwinSession(EventEmitter):
             return
         self._video.put(frame.frame_index, frame.payload)
         now = self.clock.now()
-        if now > self.playout_deadline(frame.frame_index):
+        late = now > self.playout_deadline(frame.frame_index)
+        if late:
             self.late_frames += 1
             self.emit("late", frame.frame_index)
         self._deliveries.append(now)
         self._render_ms.append(frame.render_ms)
-        self._rendered_in_a_row += 1
+        self._rendered_in_a_row = 0 if late else self._rendered_in_a_row + 1  # a late frame was not shown
         if self.degraded is not None and self._rendered_in_a_row >= RECOVER_AFTER_FRAMES:
             self.degraded = None
             self.emit("recovered", now - self._degraded_at)
@@ -273,8 +275,8 @@ class TwinSession(EventEmitter):
         if first_miss:
             self.idle_frames += 1
         if frame_index - last_shown >= STALL_FRAMES:
-            self._degrade(f"no frame rendered for {(frame_index - last_shown) / self.clock.fps:.1f} s "
-                          "(the engine is stalled or far too slow)")
+            self._degrade(f"no frame rendered in time for {(frame_index - last_shown) / self.clock.fps:.1f} s "
+                          "(the engine is stalled or too slow)")
         return self._base_i420(frame_index)
 
     def _base_i420(self, frame_index: int) -> np.ndarray:

@@ -62,13 +62,15 @@ def http(method: str, url: str, body: Any = None, *, content_type: str = "applic
 class ServerProcess:
     """``twincast serve|demo …`` in a subprocess; ``url`` is known once it announces its port.
 
-    ``command`` replaces the ``twincast`` program (e.g. ``[python, -m, tests.stream.flaky_engine]``).
+    ``command`` replaces the ``twincast`` program (e.g. ``[python, -m, tests.stream.flaky_engine]``); ``cwd`` is
+    the directory it runs in (the test's by default).
     """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, startup_s: float = 240,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, cwd: Path | None = None) -> None:
         self.args = args
         self.command = command or [TWINCAST]
+        self.cwd = cwd
         self.env = {**os.environ, "TWINCAST_OPERATOR_TOKEN": OPERATOR_TOKEN, **(env or {})}
         self.token = self.env["TWINCAST_OPERATOR_TOKEN"]
         self.startup_s = startup_s
@@ -78,7 +80,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen([*self.command, *self.args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=self.env)
+                                        stderr=subprocess.STDOUT, text=True, env=self.env, cwd=self.cwd)
         found = threading.Event()
 
         def reader() -> None:
@@ -129,6 +131,16 @@ class ServerProcess:
         """DELETE a path on the server, as the operator by default."""
         kwargs.setdefault("headers", self.auth)
         return http("DELETE", self.url + path, **kwargs)
+
+
+def measured(name: str, **numbers: Any) -> None:
+    """Keep what a test measured under ``name`` in ``test-output/measured.json`` (the docs cite those numbers;
+    tests assert their own thresholds)."""
+    path = Path("test-output") / "measured.json"
+    path.parent.mkdir(exist_ok=True)
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    kept[name] = {key: round(value, 3) if isinstance(value, float) else value for key, value in numbers.items()}
+    path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
 
 
 def crop_box(pack: Path, rows: tuple[float, float], cols: tuple[float, float], base_index: int = 0

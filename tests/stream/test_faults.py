@@ -13,6 +13,8 @@ import asyncio
 import io
 import json
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -22,13 +24,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from avatar.pack import AvatarPack
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import ServerProcess, crop_box
+from tests.helpers import TWINCAST, ServerProcess, crop_box, measured
+from tests.stream.rtmp_ingest import RtmpIngest, ffprobe
 from tests.stream.test_player_chromium import CHROMIUM, CHROMIUM_ARGS, keep_screenshot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +73,13 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any
             return value
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def recordings_dir(server: ServerProcess) -> Path:
+    """Where the server puts a recording named by a bare file name (its ``recordings_dir`` where it reports one;
+    else its working directory)."""
+    listed = server.get("/api/outputs")[1]
+    return Path(server.cwd or ".", listed.get("recordings_dir", ".")).resolve()
 
 
 def session_stats(server: ServerProcess) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def test_a_failing_engine_degrades_to_the_idle_loop_and_recovers(flaky: tuple[Se
         control.touch()
         marks["degraded"] = await loop.run_in_executor(None, wait_until, lambda: session_stats(server)["degraded"],
                                                        5, "the session says it is degraded")
+        marks["flagged"] = time.monotonic()
         await asyncio.sleep(3.0)
         marks["during"] = await loop.run_in_executor(None, session_stats, server)
         marks["recover"] = time.monotonic()
@@ -163,11 +177,18 @@ def test_a_failing_engine_degrades_to_the_idle_loop_and_recovers(flaky: tuple[Se
     assert marks["wall"] - 0.5 < degraded["since"] < marks["wall"] + 2.0
     assert marks["during"]["failed_frames"] > 25 and marks["during"]["idle_frames"] > 25, marks["during"]
     told = [(e["level"], e["message"]) for e in events(server, marks["wall"]) if e["session"] == "default"]
-    warned = [i for i, (level, message) in enumerate(told) if level == "warning" and message.startswith("degraded: ")]
+    # (A loaded machine may add degradations of its own, "no frame rendered in time": only the engine's is counted.)
+    warned = [i for i, (level, message) in enumerate(told)
+              if level == "warning" and message.startswith("degraded: the engine failed: InjectedEngineFault")]
     recovered = [i for i, (_, message) in enumerate(told) if message.startswith("recovered: rendering again")]
-    assert len(warned) == 1 and len(recovered) == 1 and warned[0] < recovered[0], told
+    assert len(warned) == 1 and recovered and recovered[0] > warned[0], told
     after = session_stats(server)
     assert after["degraded"] is None and after["fps"] > 20
+    measured("engine_fault", viewer_fps_while_failing=fps, longest_gap_s=gap_s,
+             flagged_after_s=marks["flagged"] - marks["fail"], cleared_after_s=marks["recovered"] - marks["recover"],
+             mouth_vs_base_idle=float(np.median(mouth_error)), mouth_vs_base_rendered=float(np.median(rendered_error)),
+             distinct_base_frames=len(set(index.tolist())), frames_while_failing=len(index),
+             failed_frames=marks["during"]["failed_frames"], idle_frames=marks["during"]["idle_frames"])
     # One traceback in the server's log for the whole failure, not one per frame; and a line when it recovers.
     logged = server.lines[first_line:]
     assert sum("render batch of" in line for line in logged) == 1, logged
@@ -187,7 +208,8 @@ def test_the_dashboard_flags_a_degraded_session(flaky: tuple[ServerProcess, Path
             page.goto(f"{server.url}/dashboard#token={server.token}")
             page.wait_for_selector("#app", state="visible")
             page.wait_for_function("document.getElementById('live').textContent === 'live'", timeout=20_000)
-            assert page.locator("#h-degraded").is_hidden()
+            # Healthy first (a browser starting on a small machine can make renders late for a moment).
+            page.wait_for_selector("#h-degraded", state="hidden", timeout=30_000)
             control.touch()
             page.wait_for_selector("#h-degraded", state="visible", timeout=10_000)
             page.wait_for_function("[...document.querySelectorAll('#warnings li')].some(li => "
@@ -292,3 +314,187 @@ def test_a_voice_espeak_rejects_answers_502(pack: Path, artifact: Path) -> None:
         status, _ = post_bytes(server, "/api/play", tone_wav(), "audio/wav")  # other audio still plays
         assert status == 202
         wait_until(lambda: session_stats(server)["speaking"], 5, "the uploaded audio plays")
+
+
+# --- SIGTERM -----------------------------------------------------------------------------------------------------
+
+async def _watch_until_sigterm(server: ServerProcess, record_as: str) -> dict[str, Any]:
+    """Watch the stream (a WHEP viewer), keep a dashboard and an agent push socket open, record for ~3 s, then
+    send SIGTERM; return when the peer has closed, with what each client saw and when (monotonic)."""
+    seen: dict[str, Any] = {"frames": 0}
+    peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    ended = asyncio.Event()
+    drains: list[asyncio.Task[None]] = []
+
+    @peer.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        async def drain() -> None:
+            try:
+                while True:
+                    await track.recv()
+                    seen["frames"] += track.kind == "video"
+            except MediaStreamError:
+                seen.setdefault("track_ended", time.monotonic())
+                ended.set()
+
+        drains.append(asyncio.ensure_future(drain()))
+
+    @peer.on("connectionstatechange")
+    def on_state() -> None:
+        if peer.connectionState == "closed":
+            seen.setdefault("peer_closed", time.monotonic())
+
+    peer.addTransceiver("video", direction="recvonly")
+    peer.addTransceiver("audio", direction="recvonly")
+    await peer.setLocalDescription(await peer.createOffer())
+    async with aiohttp.ClientSession() as client:
+        async with client.post(server.url + "/whep", data=peer.localDescription.sdp,
+                               headers={"Content-Type": "application/sdp"}) as response:
+            assert response.status == 201
+            answer = await response.text()
+        await peer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        dashboard = await client.ws_connect(server.url + "/api/events", headers=server.auth)
+        agent = await client.ws_connect(server.url + "/api/push", headers=server.auth)
+        loop = asyncio.get_running_loop()
+        status, output = await loop.run_in_executor(None, server.post, "/api/outputs",
+                                                    {"kind": "record", "path": record_as})
+        assert status == 201, output
+        seen["recordings"] = await loop.run_in_executor(None, recordings_dir, server)
+        seen["recording_from"] = time.monotonic()
+        await asyncio.sleep(3.0)
+        seen["frames_before"] = seen["frames"]
+        assert server.process is not None
+        seen["sigterm"] = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(ended.wait(), timeout=20)
+        for name, socket in (("dashboard", dashboard), ("agent", agent)):
+            message = await asyncio.wait_for(_last_message(socket), timeout=20)
+            seen[name] = (message.type, message.data, message.extra, time.monotonic())
+    exit_code = await loop.run_in_executor(None, server.process.wait, 20)
+    seen["exit"] = (exit_code, time.monotonic())
+    await peer.close()
+    await asyncio.gather(*drains)
+    return seen
+
+
+async def _last_message(socket: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """Read a socket until it closes; the closing message."""
+    while True:
+        message = await socket.receive()
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return message
+
+
+def test_sigterm_closes_viewers_finishes_the_recording_and_exits_0(pack: Path, artifact: Path,
+                                                                    tmp_path: Path) -> None:
+    with ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0",
+                       "--pose", "still", cwd=tmp_path) as server:
+        seen = asyncio.run(_watch_until_sigterm(server, "show.mp4"))
+    sigterm = seen["sigterm"]
+    assert seen["frames_before"] >= 50  # it was streaming
+    # The viewer is told at once (the server's DTLS close), not after ICE consent runs out ~30 s later.
+    assert seen["track_ended"] - sigterm < 3.0, seen
+    # The dashboard and the agent get a 1001 "going away" close, as promptly.
+    for name in ("dashboard", "agent"):
+        kind, code, reason, at = seen[name]
+        assert kind == aiohttp.WSMsgType.CLOSE and code == 1001 and at - sigterm < 3.0, (name, seen[name])
+        assert reason == "server shutting down"
+    exit_code, exited_at = seen["exit"]
+    assert exit_code == 0 and exited_at - sigterm < 10.0, (seen, server.lines[-20:])
+    # The recording is finished, renamed into place, playable, and as long as it was recording.
+    recordings: Path = seen["recordings"]
+    assert [p.name for p in recordings.iterdir()] == ["show.mp4"]  # no .recording-* left behind
+    probe = ffprobe(str(recordings / "show.mp4"))
+    assert probe["video"]["codec_name"] == "h264" and probe["audio"]["codec_name"] == "aac"
+    recorded_s = sigterm - seen["recording_from"]
+    assert abs(float(probe["format"]["duration"]) - recorded_s) < 1.0, (probe["format"], recorded_s)
+    assert any("shut down" in line for line in server.lines), server.lines[-10:]
+    measured("sigterm", viewer_closed_after_s=seen["track_ended"] - sigterm,
+             sockets_closed_after_s=max(seen[name][3] for name in ("dashboard", "agent")) - sigterm,
+             exited_after_s=exited_at - sigterm, recorded_s=recorded_s,
+             file_duration_s=float(probe["format"]["duration"]))
+
+
+# --- a recording's disk fills up -------------------------------------------------------------------------------
+
+SMALL_DISK_BYTES = 2_000_000  # about 10 s of recording
+
+
+@pytest.fixture(params=["tmpfs", "file_size_limit"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, list[str], str]]:
+    """Where a recording runs out of room after ~2 MB, two ways: (the server's working directory, the command
+    that starts it, the reason the recording must give).
+
+    ``tmpfs``: a 2 MB tmpfs mounted there, a real full disk (ENOSPC); it needs root, which the CI machines have,
+    and is skipped elsewhere. ``file_size_limit``: RLIMIT_FSIZE on the server process (``prlimit``), so each file
+    it writes stops at 2 MB with EFBIG (Python ignores SIGXFSZ); it runs anywhere, and the RTMP ingest, another
+    process, is not limited.
+    """
+    directory = tmp_path / "small-disk"
+    directory.mkdir()
+    if request.param == "tmpfs":
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_BYTES}", "tmpfs", str(directory)],
+                                 capture_output=True, text=True, check=False)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the file_size_limit case runs")
+        try:
+            yield directory, [TWINCAST], "disk full: no space left on device"
+        finally:
+            subprocess.run(["umount", str(directory)], check=False)
+    else:
+        yield directory, ["prlimit", f"--fsize={SMALL_DISK_BYTES}", "--", TWINCAST], "file too large: "
+
+
+def output_state(server: ServerProcess, output_id: str) -> dict[str, Any]:
+    """One output as ``GET /api/outputs`` lists it."""
+    return next(o for o in server.get("/api/outputs")[1]["outputs"] if o["id"] == output_id)
+
+
+def test_a_full_disk_stops_the_recording_clearly_and_the_show_goes_on(
+        small_disk: tuple[Path, list[str], str], pack: Path, artifact: Path, tmp_path: Path) -> None:
+    directory, command, reason = small_disk
+    with RtmpIngest(tmp_path / "nginx") as ingest, \
+            ServerProcess("serve", "--avatar", str(pack), "--model", str(artifact), "--port", "0", "--pose", "loop",
+                          command=command, cwd=directory) as server:  # the moving loop fills 2 MB in ~10 s
+        status, push = server.post("/api/outputs", {"kind": "rtmp", "url": ingest.url("other-output-1234")})
+        assert status == 201
+        status, recording = server.post("/api/outputs", {"kind": "record", "path": "show.mp4"})
+        assert status == 201
+        root = recordings_dir(server)
+        marks: dict[str, Any] = {}
+
+        async def until_it_fails() -> None:
+            loop = asyncio.get_running_loop()
+            marks["failed"] = await loop.run_in_executor(None, wait_until, lambda: (
+                (row := output_state(server, recording["id"]))["state"] == "failed" and row), 60,
+                "the recording fails when the disk is full")
+            marks["at"] = time.monotonic()
+            marks["push_then"] = await loop.run_in_executor(None, output_state, server, push["id"])
+            await asyncio.sleep(2.0)
+            marks["push_later"] = await loop.run_in_executor(None, output_state, server, push["id"])
+
+        media = asyncio.run(pull(server.url, 0.5, during=until_it_fails))
+        told = [e for e in events(server) if e["kind"] == "output" and "failed" in e["message"]]
+
+    # The recording stopped and said why, in its state and in the event log.
+    failed = marks["failed"]
+    assert failed["error"].startswith(reason) and "is kept, playable, in" in failed["error"], failed
+    assert len(told) == 1 and told[0]["level"] == "error" and reason in told[0]["message"], told
+    # Nothing is left half-written, nor under the finished recording's name: what was recorded is cut back to
+    # its whole fragments, kept beside it as show.partial.mp4, and plays.
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["show.partial.mp4"], names
+    probe = ffprobe(str(root / "show.partial.mp4"))
+    assert probe["video"]["codec_name"] == "h264" and float(probe["format"]["duration"]) > 2.0, probe
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(root / "show.partial.mp4"), "-f", "null", "-"],
+                             capture_output=True, text=True, check=False)
+    assert decoded.returncode == 0 and not decoded.stderr.strip(), decoded.stderr  # no torn packet at its end
+    # The viewer never noticed, and the other output kept going.
+    fps, gap_s = arrival_rate(media, marks["at"] - 2.0, marks["at"] + 2.0)
+    assert fps > 20 and gap_s < 0.5, (fps, gap_s)
+    then, later = marks["push_then"], marks["push_later"]
+    assert then["state"] == later["state"] == "live" and later["reconnects"] == 0
+    assert later["video_frames"] - then["video_frames"] >= 25, (then, later)
+    measured(f"full_disk_{reason.split(':')[0].replace(' ', '_')}", error=failed["error"],
+             kept_s=float(probe["format"]["duration"]), viewer_fps_around_failure=fps, longest_gap_s=gap_s,
+             other_output_frames_in_2_s=later["video_frames"] - then["video_frames"])

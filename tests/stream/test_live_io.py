@@ -24,7 +24,7 @@ from avatar.speech import synthesize
 from avatar.synth import DEFAULT_PORTRAIT, load_portrait
 from avatar.video_io import VideoWriter
 from stream.whep_client import ReceivedMedia, pull
-from tests.helpers import AUTH, ServerProcess, mouth_and_upper_change, run_cli, wait_until
+from tests.helpers import AUTH, ServerProcess, measured, mouth_and_upper_change, run_cli, wait_until
 from tests.stream.rtmp_ingest import RtmpIngest, ffprobe
 
 PUSH_TEXT = "An agent pushes this speech as raw samples over a web socket."
@@ -336,11 +336,41 @@ def test_rtmp_push_reaches_nginx_as_h264_aac_25fps_and_reconnects(server: Server
         probe = ffprobe(url)
         assert probe["video"]["codec_name"] == "h264" and probe["video"]["r_frame_rate"] == "25/1"
         assert probe["audio"]["codec_name"] == "aac" and probe["audio"]["sample_rate"] == "48000"
-        ingest.stop()  # the ingest goes away ...
-        _wait_for(lambda: _output(server, output["id"])["state"] == "reconnecting", 20)
-        ingest.start()  # ... and comes back: the output reconnects by itself
-        _wait_for(lambda: _output(server, output["id"])["state"] == "live", 30)
-        assert _output(server, output["id"])["reconnects"] >= 1
+        since = time.time()
+        marks: dict[str, float] = {}
+
+        async def outages() -> None:
+            loop = asyncio.get_running_loop()
+            marks["down"] = time.monotonic()
+            await loop.run_in_executor(None, ingest.stop)  # the ingest goes away ...
+            await loop.run_in_executor(None, _wait_for, lambda: _output(server, output["id"])["reconnects"] >= 3, 30)
+            marks["up"], marks["up_wall"] = time.monotonic(), time.time()
+            await loop.run_in_executor(None, ingest.start)  # ... and comes back: the output reconnects by itself
+            await loop.run_in_executor(None, _wait_for, lambda: _output(server, output["id"])["state"] == "live", 40)
+            marks["live_again"] = time.time()
+            frames = _output(server, output["id"])["video_frames"]
+            await loop.run_in_executor(None, _wait_for, lambda: _output(server, output["id"])["video_frames"] > frames
+                                       + 6 * 25, 20)  # live for 6 s: it has recovered (STABLE_LIVE_S is 5 s) ...
+            marks["second"] = time.time()  # ... so a second outage backs off from 1 s again
+            await loop.run_in_executor(None, ingest.stop)
+            await loop.run_in_executor(None, _wait_for, lambda: _output(server, output["id"])["reconnects"] >= 5, 30)
+
+        media = asyncio.run(pull(server.url, 0.5, during=outages))  # a viewer watches all along
+        arrival = np.array([t for t in media.video_arrival_s if marks["down"] <= t <= marks["up"]])
+        fps, gap_s = (arrival.size - 1) / (arrival[-1] - arrival[0]), float(np.diff(arrival).max())
+        assert fps > 20 and gap_s < 0.5, (fps, gap_s)  # the viewer is unaffected
+        told = [(e["at"], e["level"], e["message"]) for e in server.get("/api/log")[1]["events"]
+                if e["kind"] == "output" and e["at"] >= since]
+        retries = [at for at, level, message in told if ": reconnecting (" in message and level == "warning"]
+        assert len(retries) >= 5, told
+        live = [at for at, level, message in told if message.endswith(": live") and level == "info"]
+        assert len(live) == 1 and marks["live_again"] - 1 < live[0] < marks["second"], told  # live only when it is
+        first, second = [at for at in retries if at < marks["second"]], [at for at in retries if at > marks["second"]]
+        gaps = np.diff(first[:3])
+        assert 0.7 < gaps[0] < 1.7 and 1.5 * gaps[0] < gaps[1] < 3.0, gaps  # backoff: 1 s, then 2 s, ...
+        assert second[1] - second[0] < 1.7, second  # ... and from 1 s again after it was live
+        measured("rtmp_outage", viewer_fps_during_outage=fps, longest_gap_s=gap_s, retry_gaps_s=gaps.round(2).tolist(),
+                 live_after_ingest_back_s=live[0] - marks["up_wall"], second_outage_first_retry_s=second[1] - second[0])
         status, final = server.delete(f"/api/outputs/{output['id']}")
         assert status == 200 and final["state"] == "stopped" and final["video_frames"] > 25
         leaked = [line for line in server.lines if "live-secret-key" in line]
