@@ -10,9 +10,10 @@ recording, stopped and checked with ffprobe at the end.
 Once a second it records the server's RSS, threads, open files and CPU time (from /proc), the machine's load,
 the server's stats (fps, late, repeated and idle frames, viewers), the RTMP output's state and reconnects and
 what the ingest has received, and the recording's size. Per utterance it finds, in what the long-lived viewer
-received, the mouth onset and the audio onset as ``bench.live drift`` does, their offset (mouth − sound) and
-how long after the push the sound arrived; drift is the median offset of the last tenth of the utterances minus
-that of the first tenth. Writes DIR/soak.json (the series and a summary) and DIR/soak.png.
+received, the mouth onset and the audio onset with ``bench.live``'s detectors (the mouth judged against the
+idle frames just before each push), their offset (mouth − sound) and how long after the push the sound
+arrived; drift is the median offset of the last tenth of the utterances minus that of the first tenth.
+Writes DIR/soak.json (the series and a summary) and DIR/soak.png.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from twincast.errors import InputError
 STREAM_KEY = "soak"
 UTTERANCE = "Papa bought a big bag of apples."
 LIVE_STATES = {"rtmp": "live", "record": "recording"}
-CHUNK_FRAMES = 2000  # mouth boxes compared with the idle reference this many at a time (bounded scratch memory)
+IDLE_BEFORE_S = 1.5  # each utterance's mouth is compared with the idle frames this long before its push ...
+ONSET_WITHIN_S = 3.0  # ... and its onsets are looked for this long after it
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class SoakPlan:
 
     minutes: float = 60.0
     speak_every_s: float = 10.0
-    first_speech_s: float = 3.0  # idle frames before it teach the mouth detector its noise
+    first_speech_s: float = 6.0  # the viewer's first seconds are the encoder's ramp-up: no idle reference
     churn_every_s: float = 30.0  # a second viewer joins this often ...
     churn_hold_s: float = 20.0  # ... and leaves after this long
     sample_every_s: float = 1.0
@@ -302,16 +304,26 @@ class Soak:
 
     def utterances(self, media: ReceivedMedia) -> list[dict[str, float]]:
         """Each utterance whose mouth and audio onsets were both found: when it was pushed, its offset (mouth −
-        sound), and how long after the push each onset reached the viewer."""
-        times = np.array(media.video_arrival_s)
-        settled = np.flatnonzero(times >= times[0] + 1.0)  # the first second holds the start-up frames
-        boxes = [media.video[i] for i in settled]
-        series = np.concatenate([mouth_changes(boxes[:10] + boxes[start:start + CHUNK_FRAMES])[10:]
-                                 for start in range(0, len(boxes), CHUNK_FRAMES)])
-        pairs, _ = onset_pairs(media, times[settled], series, self.log.pushes)
+        sound), and how long after the push each onset reached the viewer.
+
+        Each utterance is judged on its own window (``bench.live``'s ``mouth_changes`` and ``onset_pairs``): its
+        mouth against the idle frames of the ``IDLE_BEFORE_S`` before its push, not against the first second of
+        the run, since the encoder's picture of the idle face changes over an hour (and under load)."""
+        video_s, audio_s = np.array(media.video_arrival_s), np.array(media.audio_arrival_s)
+        found = []
+        for pushed in self.log.pushes:
+            v_first, v_end = np.searchsorted(video_s, [pushed - IDLE_BEFORE_S, pushed + ONSET_WITHIN_S])
+            a_first, a_end = np.searchsorted(audio_s, [pushed - IDLE_BEFORE_S, pushed + ONSET_WITHIN_S])
+            if v_end - v_first < 25:  # not even a second of frames around the push: nothing to judge
+                continue
+            window = ReceivedMedia(audio_blocks=media.audio_blocks[a_first:a_end],
+                                   audio_arrival_s=media.audio_arrival_s[a_first:a_end])
+            series = mouth_changes(media.video[v_first:v_end])  # differences from the first 10, idle, frames
+            pairs, _ = onset_pairs(window, video_s[v_first:v_end], series, [pushed])
+            found.extend(pairs)
         return [{"t_s": round(pushed - self.log.started_at, 2), "offset_ms": round(1000 * (mouth - sound), 1),
                  "mouth_ms": round(1000 * (mouth - pushed), 1), "audio_ms": round(1000 * (sound - pushed), 1)}
-                for pushed, mouth, sound in pairs]
+                for pushed, mouth, sound in found]
 
 
 def window_means(times_s: list[float], values: list[float], window_s: float, total_s: float) -> list[float]:
