@@ -39,7 +39,8 @@ class Rig:
         worker = RenderWorker({}, asyncio.get_running_loop(), max_batch=4)
         self.session = TwinSession("s", tiny_twin(), worker, self.manual.clock(), tts=EspeakTTS(Voice()),
                                    pose_mode="still", lead_frames=2, noise=np.zeros((3, 64, 64), np.float32),
-                                   max_queued_frames=250, spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
+                                   max_queued_frames=250,
+                                   spawn=lambda coroutine, name: asyncio.ensure_future(coroutine))
         self.protocol = PushProtocol(self.session, version)
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(push.OUTBOX_MESSAGES)
         self.protocol.listen(self.outbox)
