@@ -45,6 +45,7 @@ from stream.openapi import (
     needs_viewer,
     obj,
 )
+from stream.resources import debug_resources
 from stream.runtime import SESSION_ID, TwinRuntime
 from twincast.errors import LimitError, TwincastError, UnauthorizedError
 
@@ -87,6 +88,9 @@ ROUTES: list[Route] = [
     Route("GET", "/api/auth", op.auth_check, "Check the bearer token"),
     Route("GET", "/api/stats", op.stats, "Health and counters of every session"),
     Route("GET", "/api/log", op.event_log, "Recent events"),
+    Route("GET", "/api/debug/resources", debug_resources, "Peers, relay subscriptions, tasks, threads, file "
+          "descriptors and memory of the server process (?collect=1: after a garbage collection and a heap trim)",
+          query=({"name": "collect", "in": "query", "required": False, "schema": {"type": "string"}},)),
     Route("GET", "/api/events", op.events_socket, "WebSocket: live stats every 0.5 s and events",
           responses=WEBSOCKET),
     Route("POST", "/api/say", op.say, "Speak text after what is queued (control characters become spaces or "

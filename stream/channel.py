@@ -3,12 +3,17 @@ its WHEP viewers, the operator's microphone and webcam peers, and its RTMP pushe
 
 The channel is the one owner of those: it adds and removes them, closes them all when it closes, and turns what
 they announce (the session's ``speaking``/``late``/…, a peer's state, an output's state) into event-log lines.
+
+A viewer leaves by ``DELETE /whep/{id}``, by closing its peer (its DTLS close reaches the server, whose
+connection state turns ``closed``), or silently (a crashed browser, a lost network): the channel's viewer watch
+drops any viewer that has sent no RTCP receiver report for ``viewer_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -17,12 +22,12 @@ from aiortc.contrib.media import MediaRelay
 
 from stream.events import EventLog, Tally
 from stream.outputs import StreamOutput
-from stream.peers import Viewer, answer, new_peer, prefer_video_codec
+from stream.peers import Census, Viewer, answer, close_peer, prefer_video_codec
 from stream.script import Script
 from stream.session import Spawn, TwinSession
 from stream.stats import SessionStats
-from stream.tracks import TwinAudioTrack, TwinVideoTrack
-from stream.upstream import Upstream, consume_microphone, consume_webcam
+from stream.tracks import OwnFrames, TwinAudioTrack, TwinVideoTrack
+from stream.upstream import PoseMeter, Upstream, consume_microphone, consume_webcam
 from twincast.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -33,19 +38,22 @@ class Channel:
     """One session and its viewers, inputs and outputs (see the module docstring).
 
     The session's video track is made once and relayed (``MediaRelay``) to every viewer and output: it is
-    rendered and converted once, then each viewer's sender encodes it. Audio tracks are cheap, so each consumer
-    gets its own, paced on the same session clock.
+    rendered and converted once, then each viewer's sender encodes its own copy (``tracks.OwnFrames``). Audio
+    tracks are cheap, so each consumer gets its own, paced on the same session clock.
     """
 
-    def __init__(self, session: TwinSession, *, relay: MediaRelay, events: EventLog, spawn: Spawn,
-                 video_codec: str) -> None:
+    def __init__(self, session: TwinSession, *, relay: MediaRelay, census: Census, events: EventLog, spawn: Spawn,
+                 video_codec: str, viewer_timeout_s: float) -> None:
         self.session = session
         self.script = Script()
         self.viewers: dict[str, Viewer] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.outputs: dict[str, StreamOutput] = {}
+        self._pose_meter: PoseMeter | None = None  # made at the first webcam, serves every later one
         self.video_source = TwinVideoTrack(session)
         self._relay = relay
+        self._census = census
+        self._viewer_timeout_s = viewer_timeout_s
         self._events = events
         self._spawn = spawn
         self._video_codec = video_codec
@@ -63,6 +71,7 @@ class Channel:
                                                                      f"{seconds:.1f} s degraded"))
         session.on("speech_failed", lambda message: self._note("speech", message, "error"))
         self.producer = spawn(session.run(), f"session-{session.session_id}")
+        self.viewer_watch = spawn(self._watch_viewers(), f"viewer-watch-{session.session_id}")
 
     @property
     def session_id(self) -> str:
@@ -85,9 +94,9 @@ class Channel:
         """
         if "m=video" not in offer_sdp:
             raise InputError("the SDP offer has no video section (m=video); expected a recvonly video offer")
-        viewer = Viewer(new_peer())
+        viewer = Viewer(self._census.new_peer())
         peer = viewer.peer
-        video_sender = peer.addTrack(self._relay.subscribe(self.video_source, buffered=False))
+        video_sender = peer.addTrack(OwnFrames(self._census.subscribe(self._relay, self.video_source)))
         peer.addTrack(TwinAudioTrack(self.session))
         prefer_video_codec(peer, video_sender, self._video_codec)
         sdp = await answer(peer, offer_sdp)
@@ -101,12 +110,27 @@ class Channel:
 
         return viewer.viewer_id, sdp
 
+    async def _watch_viewers(self) -> None:
+        """Drop viewers not heard from (no RTCP receiver report) for ``viewer_timeout_s``, checking a few times
+        per timeout: a vanished viewer would otherwise be encoded for until ICE consent expires (about 30 s)."""
+        check_s = min(1.0, self._viewer_timeout_s / 4)
+        while True:
+            await asyncio.sleep(check_s)
+            await self._drop_silent_viewers()  # in a call of its own, so no viewer stays referenced between checks
+
+    async def _drop_silent_viewers(self) -> None:
+        for viewer in list(self.viewers.values()):
+            silent_s = time.monotonic() - await viewer.listen()
+            if silent_s > self._viewer_timeout_s and viewer.viewer_id in self.viewers:
+                self._warn(f"viewer {viewer.viewer_id[:8]} silent for {silent_s:.1f} s: dropped")
+                await self.remove_viewer(viewer.viewer_id)
+
     async def remove_viewer(self, viewer_id: str) -> bool:
         """Close a viewer's connection; False when this channel has no such viewer."""
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None:
             return False
-        await viewer.peer.close()
+        await close_peer(viewer.peer)
         self._note("viewer", f"{len(self.viewers)} viewer(s)")
         return True
 
@@ -123,14 +147,15 @@ class Channel:
             raise InputError(f"upstream kind {kind!r} must be one of {sorted(UPSTREAM_MEDIA)}")
         if f"m={media}" not in offer_sdp:
             raise InputError(f"the {kind} offer has no {media} section (m={media})")
-        peer = new_peer()
+        peer = self._census.new_peer()
         upstream = Upstream(uuid.uuid4().hex, kind, self.session, peer)
-        consume = consume_microphone if kind == "mic" else consume_webcam
 
         @peer.on("track")
         def on_track(track: Any) -> None:
             if track.kind == media:
-                upstream.consumer = self._spawn(consume(track, upstream), f"{kind}-{upstream.upstream_id}")
+                consume = (consume_microphone(track, upstream) if kind == "mic" else
+                           consume_webcam(track, upstream, self._webcam_meter()))
+                upstream.consumer = self._spawn(consume, f"{kind}-{upstream.upstream_id}")
 
         @peer.on("connectionstatechange")
         async def on_state() -> None:
@@ -142,14 +167,20 @@ class Channel:
         self._note("input", f"{kind} connected")
         return upstream.upstream_id, sdp
 
+    def _webcam_meter(self) -> PoseMeter:
+        if self._pose_meter is None:
+            self._pose_meter = PoseMeter()
+        return self._pose_meter
+
     async def remove_upstream(self, upstream_id: str) -> bool:
-        """Close an upstream peer (its consumer task ends with the track); False when there is no such one."""
+        """Close an upstream peer and stop its consumer; False when there is no such one."""
         upstream = self.upstreams.pop(upstream_id, None)
         if upstream is None:
             return False
-        await upstream.peer.close()
+        await close_peer(upstream.peer)
         if upstream.consumer is not None:
             upstream.consumer.cancel()
+            await asyncio.gather(upstream.consumer, return_exceptions=True)
         self._note("input", f"{upstream.kind} disconnected")
         return True
 
@@ -161,8 +192,8 @@ class Channel:
         Raises:
             InputError: a bad kind or target (see ``outputs.check_target``).
         """
-        output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target,
-                              self._relay.subscribe(self.video_source, buffered=False), TwinAudioTrack(self.session),
+        video = OwnFrames(self._census.subscribe(self._relay, self.video_source))
+        output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target, video, TwinAudioTrack(self.session),
                               self.session.assets.frame_size, self.session.clock.fps, on_state=self._output_state)
         output.start(self._spawn)
         self.outputs[output.output_id] = output
@@ -190,11 +221,16 @@ class Channel:
     # --- lifecycle and reporting -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close every viewer, upstream and output, then stop the producer and the video source."""
+        """Close every viewer, upstream (and the webcams' pose meter) and output, then stop the producer and the
+        video source."""
+        self.viewer_watch.cancel()
+        await asyncio.gather(self.viewer_watch, return_exceptions=True)
         for viewer_id in list(self.viewers):
             await self.remove_viewer(viewer_id)
         for upstream_id in list(self.upstreams):
             await self.remove_upstream(upstream_id)
+        if self._pose_meter is not None:
+            self._pose_meter.close()
         for output_id in list(self.outputs):
             await self.remove_output(output_id)
         self.producer.cancel()

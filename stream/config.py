@@ -44,6 +44,7 @@ class ServeConfig:
     max_auth_failures: int = 10  # wrong tokens from one address within auth_lockout_s lock it out ...
     auth_lockout_s: float = 60.0  # ... for this long
     recordings_dir: Path = Path("recordings")  # recordings go here (created on demand); the API names files in it
+    viewer_timeout_s: float = 10.0  # a viewer that sends no RTCP receiver report for this long is dropped
     max_queued_speech_s: float = 300.0
     voice: str = "en-us"
     tts: str = "espeak-ng"
@@ -73,6 +74,8 @@ class ServeConfig:
                 raise InputError(f"serve {name} {value} must be in {low}..{high}")
         if "\0" in str(self.recordings_dir):
             raise InputError(f"serve recordings_dir {str(self.recordings_dir)!r} holds a NUL character")
+        if not 1.0 <= self.viewer_timeout_s <= 600.0:
+            raise InputError(f"serve viewer_timeout_s {self.viewer_timeout_s} must be in 1..600 seconds")
         for name, token in (("operator", self.operator_token), ("viewer", self.viewer_token)):
             if token is not None and len(token) < 8:
                 raise InputError(f"the {name} token must be at least 8 characters")

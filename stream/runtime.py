@@ -26,6 +26,7 @@ from stream.clock import MediaClock
 from stream.config import ServeConfig
 from stream.events import EventLog
 from stream.outputs import StreamOutput, recording_path
+from stream.peers import Census
 from stream.render_worker import RenderWorker
 from stream.script import Script
 from stream.session import Twin, TwinSession
@@ -49,6 +50,7 @@ class TwinRuntime:
         self.config = config
         self.channels: dict[str, Channel] = {}
         self.relay = MediaRelay()
+        self.census = Census()  # watches every peer and relay subscription made, for GET /api/debug/resources
         self.events = EventLog()
         self.worker: RenderWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,8 +122,9 @@ class TwinRuntime:
             max_queued_frames=int(self.config.max_queued_speech_s * twin.mel_spec.fps), spawn=self.spawn,
         )
         self.worker.attach(twin.engine)
-        self.channels[session_id] = Channel(session, relay=self.relay, events=self.events, spawn=self.spawn,
-                                            video_codec=self.config.video_codec)
+        self.channels[session_id] = Channel(session, relay=self.relay, census=self.census, events=self.events,
+                                            spawn=self.spawn, video_codec=self.config.video_codec,
+                                            viewer_timeout_s=self.config.viewer_timeout_s)
         self.events.emit("session", f"session started ({twin.name})", session=session_id)
         return session
 

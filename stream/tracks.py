@@ -4,6 +4,12 @@ A session has one video track, relayed by aiortc's ``MediaRelay`` to every viewe
 subscriber has its own queue, so a slow viewer never holds up another); every viewer and output gets its own
 audio track, reading the session's shared audio. Video frame *n* and its audio blocks are released at the same
 clock deadline, which is what keeps them in sync at the client.
+
+The relay hands the same frame object to every subscriber, and aiortc's encoder forces a keyframe by marking the
+frame it is given (``pict_type = I``): one viewer's keyframe request (PLI/FIR, after packet loss) would then force
+keyframes on every viewer and output that encodes that frame after it (seen on the bad-network test: the
+lossless viewer got a 13 kB keyframe 80 ms after each of the lossy viewer's requests). So each consumer reads
+the relay through ``OwnFrames``, which hands it a copy of each frame.
 """
 
 from __future__ import annotations
@@ -45,6 +51,29 @@ class TwinVideoTrack(MediaStreamTrack):
         frame.time_base = Fraction(1, VIDEO_CLOCK_HZ)
         self._next = index + 1
         return frame
+
+
+class OwnFrames(MediaStreamTrack):
+    """One consumer's side of a relayed video track: the same frames, each one a copy of its own (see the
+    module docstring). Stopping it stops the relay subscription."""
+
+    kind = "video"
+
+    def __init__(self, subscription: MediaStreamTrack) -> None:
+        super().__init__()
+        self._subscription = subscription
+
+    async def recv(self) -> VideoFrame:
+        shared = await self._subscription.recv()
+        assert isinstance(shared, VideoFrame)
+        frame = VideoFrame.from_ndarray(shared.to_ndarray(format="yuv420p"), format="yuv420p")
+        frame.pts = shared.pts
+        frame.time_base = shared.time_base
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._subscription.stop()
 
 
 class TwinAudioTrack(MediaStreamTrack):

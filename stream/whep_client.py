@@ -1,4 +1,5 @@
-"""A WHEP client (aiortc): pull a twin's stream for a while and keep what arrived.
+"""A WHEP client (aiortc): pull a twin's stream for a while and keep what arrived (``pull``), or hold a viewer
+open and hang up when done (``WhepViewer``).
 
 Used by the tests and benchmarks as a real remote peer, and by people who want to record or inspect a stream.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ from twincast.errors import InputError
 
 @dataclass
 class ReceivedMedia:
-    """Decoded media as it arrived: RGB video frames and mono 16-bit audio, with arrival times."""
+    """Decoded media as it arrived: RGB video frames (the last ``keep_video`` of them; pts and arrival times of
+    all) and mono 16-bit audio, with arrival times."""
 
     video: list[np.ndarray] = field(default_factory=list)
     video_pts: list[int] = field(default_factory=list)
@@ -68,6 +70,80 @@ async def drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int =
             media.audio_arrival_s.append(now)
 
 
+SdpRewrite = Callable[[str], Awaitable[str]]
+
+
+class WhepViewer:
+    """One WHEP viewer (aiortc): offers to receive video and audio, keeps what arrives in ``media``, hangs up.
+
+    Args:
+        base_url: the server root, e.g. ``http://127.0.0.1:8080``.
+        session: the session to watch (the server's default when None).
+        keep_video: keep at most this many most-recent video frames.
+        reduce: applied to each decoded RGB frame before it is kept (e.g. a crop, so long runs fit in memory).
+        rewrite_offer, rewrite_answer: change the SDP on its way, e.g. to put a network relay between the peers.
+    """
+
+    def __init__(self, base_url: str, *, session: str | None = None, keep_video: int = 10_000,
+                 reduce: Callable[[np.ndarray], np.ndarray] | None = None, rewrite_offer: SdpRewrite | None = None,
+                 rewrite_answer: SdpRewrite | None = None) -> None:
+        self.base_url = base_url
+        self.session = session
+        self.media = ReceivedMedia()
+        self.peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.location: str | None = None  # the viewer's resource on the server, once answered
+        self.connected = asyncio.Event()
+        self._keep_video = keep_video
+        self._reduce = reduce
+        self._rewrite_offer = rewrite_offer
+        self._rewrite_answer = rewrite_answer
+        self._drains: list[asyncio.Task[None]] = []
+        self.peer.on("track", self._on_track)
+        self.peer.on("connectionstatechange", self._on_state)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._drains.append(asyncio.ensure_future(drain(track, self.media, self._keep_video, self._reduce)))
+
+    def _on_state(self) -> None:
+        if self.peer.connectionState == "connected":
+            self.connected.set()
+
+    async def connect(self, http: aiohttp.ClientSession) -> None:
+        """Offer, POST to ``/whep``, apply the answer (ICE and DTLS then proceed on their own).
+
+        Raises:
+            InputError: the server refused the offer (its status and body are in the message).
+        """
+        self.peer.addTransceiver("video", direction="recvonly")
+        self.peer.addTransceiver("audio", direction="recvonly")
+        await self.peer.setLocalDescription(await self.peer.createOffer())
+        offer = self.peer.localDescription.sdp
+        if self._rewrite_offer is not None:
+            offer = await self._rewrite_offer(offer)
+        query = f"?session={self.session}" if self.session else ""
+        async with http.post(f"{self.base_url}/whep{query}", data=offer,
+                             headers={"Content-Type": "application/sdp"}) as response:
+            body = await response.text()
+            if response.status != 201:
+                raise InputError(f"WHEP offer refused: {response.status} {body}")
+            self.location = response.headers["Location"]
+        self.media.answer_sdp = body
+        if self._rewrite_answer is not None:
+            body = await self._rewrite_answer(body)
+        await self.peer.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    async def hang_up(self, http: aiohttp.ClientSession, *, delete: bool = True) -> None:
+        """Close the peer, first telling the server (``DELETE``) unless ``delete`` is False; stop receiving."""
+        if delete and self.location is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.delete(f"{self.base_url}{self.location}"):
+                    pass
+        await self.peer.close()
+        for task in self._drains:
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
+
+
 async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, during: Any = None,
                session: str | None = None, reduce: Callable[[np.ndarray], np.ndarray] | None = None
                ) -> ReceivedMedia:
@@ -81,41 +157,14 @@ async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, durin
         session: the session to watch (the server's default when None).
         reduce: applied to each decoded RGB frame before it is kept (e.g. a crop, so long runs fit in memory).
     """
-    media = ReceivedMedia()
-    first_video = media.first_video
-    peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    tasks: list[asyncio.Task[None]] = []
-
-    @peer.on("track")
-    def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.ensure_future(drain(track, media, keep_video, reduce)))
-
-    peer.addTransceiver("video", direction="recvonly")
-    peer.addTransceiver("audio", direction="recvonly")
-    await peer.setLocalDescription(await peer.createOffer())
-    location = None
+    viewer = WhepViewer(base_url, session=session, keep_video=keep_video, reduce=reduce)
     async with aiohttp.ClientSession() as http:
         try:
-            query = f"?session={session}" if session else ""
-            async with http.post(f"{base_url}/whep{query}", data=peer.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as response:
-                body = await response.text()
-                if response.status != 201:
-                    raise InputError(f"WHEP offer refused: {response.status} {body}")
-                location = response.headers["Location"]
-            media.answer_sdp = body
-            await peer.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-            await asyncio.wait_for(first_video.wait(), timeout=10)
+            await viewer.connect(http)
+            await asyncio.wait_for(viewer.media.first_video.wait(), timeout=10)
             if during is not None:
                 await during()
             await asyncio.sleep(seconds)
         finally:
-            if location is not None:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.delete(f"{base_url}{location}"):
-                        pass
-            await peer.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    return media
+            await viewer.hang_up(http)
+    return viewer.media
