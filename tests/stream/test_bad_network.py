@@ -25,7 +25,11 @@ from tests.stream.lossy_link import LossyLink, VideoFrameSeen
 
 VIEWER_TIMEOUT_S = 4.0  # the server's serve.viewer_timeout_s here (10 s by default), so the test is short
 PTS_PER_FRAME = 3600  # 90 kHz at 25 fps
-LATENESS_MARGIN_MS = 150  # the others' p95 lateness may grow this much (measured: 0-46 ms, on a shared 2-core box)
+# How much the other viewers may lose: measured fps ratios 0.99-1.0 and p95 lateness +0-46 ms on the 2-core box,
+# and 0.905 and +125 ms with seven times as many processes running as cores; a viewer held up by another's link
+# would stall for seconds.
+MIN_FPS_RATIO = 0.8
+LATENESS_MARGIN_MS = 250
 CLEAN_PSNR_DB = 30.0  # a frame matching the reference's: two VP8 encodes of one picture measure 36-108 dB here
 SPEECH = ("I keep on talking while the network is bad, so that every frame of my mouth differs from the one "
           "before it. Packets go missing and arrive late, and still the picture has to come back clean. "
@@ -253,7 +257,8 @@ def test_a_keyframe_request_is_answered_for_that_viewer_alone(netserver: ServerP
     answered = keyframes_after(asking_link.media.frames(), asked, threshold, 0.5)
     leaked = keyframes_after(watched.media.frames(), asked, threshold, 0.5)
     assert all(delay is not None for delay in answered), (answered, threshold)
-    assert sum(delay is not None for delay in leaked) <= 1, (leaked, threshold)  # measured 0; 10 of 10 before
+    # Measured 0-1 (a bitrate change restarts an encoder with a keyframe now and then); 10 of 10 before the fix.
+    assert sum(delay is not None for delay in leaked) <= 3, (leaked, threshold)
     print(f"keyframe after a PLI in {max(d for d in answered if d is not None) * 1000:.0f} ms at most "
           f"(threshold {threshold:.0f} B); the other viewer got {sum(d is not None for d in leaked)}")
 
@@ -320,7 +325,7 @@ def test_a_lossy_viewer_keeps_receiving_recovers_and_slows_nobody(netserver: Ser
     alone = lateness_ms(ref, marks["alone"], marks["clean"], origin)
     beside = lateness_ms(ref, marks["loss"], marks["healed"], origin)
     fps_ratio = fps(ref, marks["loss"], marks["healed"]) / fps(ref, marks["alone"], marks["clean"])
-    assert fps_ratio > 0.9, fps_ratio
+    assert fps_ratio > MIN_FPS_RATIO, fps_ratio
     assert np.percentile(beside, 95) < np.percentile(alone, 95) + LATENESS_MARGIN_MS, (
         np.percentile(alone, [50, 95]), np.percentile(beside, [50, 95]))
     lossy_late = lateness_ms(got, marks["loss"], marks["healed"], lateness_origin(got, marks["clean"], marks["loss"]))
@@ -369,7 +374,7 @@ def test_a_vanished_viewer_is_dropped_and_slows_nobody(netserver: ServerProcess)
     assert any("silent for" in message and "dropped" in message for message in told), told[-5:]
     ref = reference.media
     fps_ratio = fps(ref, marks["dead"], marks["end"]) / fps(ref, marks["before"], marks["dead"])
-    assert fps_ratio > 0.9, fps_ratio
+    assert fps_ratio > MIN_FPS_RATIO, fps_ratio
     origin = lateness_origin(ref, marks["before"], marks["dead"])
     before = lateness_ms(ref, marks["before"], marks["dead"], origin)
     meanwhile = lateness_ms(ref, marks["dead"], marks["end"], origin)

@@ -36,8 +36,8 @@ NOTICE_S = 5.0  # a peer closed without DELETE must be gone by then (the silent-
 UNHANDLED = ("Traceback", "Task exception was never retrieved", "Task was destroyed but it is pending")
 EXECUTOR_THREADS = 8  # asyncio's default executor (aiortc encodes there) grows lazily up to min(32, cores + 4)
 # RSS growth allowed per cycle, from the end of the warm-up to the end of the run, both at rest and after a heap
-# trim (``?collect=1``): measured 26-38 kB per viewer cycle, 0-4 kB per push and 28-31 kB per upstream cycle on
-# a 2-core machine, and 310 kB per upstream cycle when each webcam loaded its own FaceMesh graph.
+# trim (``?collect=1``): measured 18-56 kB per viewer cycle, 0-22 kB per push and 4-46 kB per upstream cycle on
+# a 2-core machine (busy or not), and 310 kB per upstream cycle when each webcam loaded its own FaceMesh graph.
 RSS_PER_CYCLE_BYTES = {"viewer": 150_000, "push": 50_000, "upstream": 120_000}
 
 
