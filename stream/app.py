@@ -95,7 +95,7 @@ ROUTES: list[Route] = [
           responses=WEBSOCKET),
     Route("POST", "/api/say", op.say, "Speak text after what is queued (control characters become spaces or "
           "are dropped)", body=obj(("text",), text=SPOKEN_TEXT, session=SESSION), responses={"202": "queued"},
-          errors=(422,)),
+          errors=(422, 502, 503)),
     Route("POST", "/api/interrupt", op.interrupt, "Barge-in: stop speech now", body=obj(session=SESSION),
           body_required=False),
     Route("POST", "/api/play", op.play, "Play an audio file after what is queued",
@@ -133,7 +133,7 @@ ROUTES: list[Route] = [
     Route("DELETE", "/api/script/{line_id:\\d+}", op.delete_script_line, "Delete a line", query=(SESSION_QUERY,)),
     Route("POST", "/api/script/{line_id:\\d+}/speak", op.speak_script_line, "Speak a line now or next",
           body=obj(when={"enum": ["now", "next"]}, session=SESSION), responses={"202": "queued"},
-          body_required=False, errors=(422,)),
+          body_required=False, errors=(422, 502, 503)),
 ]
 
 

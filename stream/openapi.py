@@ -29,7 +29,9 @@ ERROR_TEXT = {
     422: "well formed but unusable: text with nothing to speak, audio that does not decode",
     429: "too many requests from this address (operator_rate_per_s, operator_burst), or locked out after "
          "max_auth_failures wrong tokens within auth_lockout_s; `limit` names which, Retry-After says when to retry",
-    503: "at capacity: max_sessions, max_viewers or max_viewers_per_session; `limit` names which",
+    502: "text to speech failed: espeak-ng ran and failed (e.g. it rejected its voice); the message is its own",
+    503: "at capacity: max_sessions, max_viewers or max_viewers_per_session, `limit` names which; or text to "
+         "speech is unavailable (espeak-ng is missing)",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 

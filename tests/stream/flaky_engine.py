@@ -2,7 +2,8 @@
 
 A real ONNX Runtime failure cannot be triggered at will, so the engine-fault tests run the real server, the real
 ONNX Runtime engine and the real render worker, and wrap the engine: while the control file exists, every call
-raises ``InjectedEngineFault`` instead of rendering; once it is removed the engine renders again.
+raises ``InjectedEngineFault`` instead of rendering (or, when the file says ``hang``, blocks until it is removed,
+as a wedged GPU call would); once it is removed the engine renders again.
 
 Run as ``python -m tests.stream.flaky_engine --control FILE --avatar PACK --model twin.onnx [--pose loop]``; it
 announces itself like ``twincast serve`` (``twincast serving http://…/``) and stops on SIGTERM.
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ class InjectedEngineFault(RuntimeError):
 
 
 class FlakyEngine:
-    """A real engine that raises instead of rendering while ``control`` exists (everything else is the engine's)."""
+    """A real engine that raises (or hangs) instead of rendering while ``control`` exists (everything else is the
+    engine's)."""
 
     def __init__(self, engine: Engine, control: Path) -> None:
         self.engine = engine
@@ -38,7 +41,10 @@ class FlakyEngine:
         self.failed_calls = 0
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        if self.control.exists():
+        if self.control.exists() and self.control.read_text().strip() == "hang":
+            while self.control.exists():
+                time.sleep(0.05)
+        elif self.control.exists():
             self.failed_calls += 1
             raise InjectedEngineFault(f"injected engine failure #{self.failed_calls} (the test's control file "
                                       "exists)")
