@@ -19,8 +19,9 @@ render lead, both in ``TwinSession``):
    rendered face into its full base frame with the feathered mask and converts it to yuv420p.
 5. **Deliver** (``call_soon_threadsafe`` → ``TwinSession._deliver``, on the loop): the frame is stored in the
    session's video ring; one of an interrupted generation is dropped.
-6. **Egress** (``tracks.TwinVideoTrack.recv``): at deadline *n + K + L* the track takes frame *n* (or repeats
-   the last one if it is missing), stamps its pts, and aiortc's ``MediaRelay`` hands it to every viewer's
-   sender, which encodes it (VP8 or H.264), and to the outputs (``outputs.StreamOutput``: libx264 to RTMP or
-   MP4). ``tracks.TwinAudioTrack`` releases *n*'s two 20 ms audio blocks at the same deadline.
+6. **Egress** (``tracks.TwinVideoTrack.recv``): at deadline *n + K + L* the track takes frame *n* (if it is
+   missing: the last render for a frame or two, then *n*'s un-rendered base frame; ``TwinSession.video_i420``),
+   stamps its pts, and aiortc's ``MediaRelay`` hands it to every viewer's sender, which encodes it (VP8 or
+   H.264), and to the outputs (``outputs.StreamOutput``: libx264 to RTMP or MP4). ``tracks.TwinAudioTrack``
+   releases *n*'s two 20 ms audio blocks at the same deadline.
 """
