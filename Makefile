@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+# The pipecat integration lives in its own environment: pipecat-ai needs protobuf >= 5, mediapipe 0.10.14 < 5.
+PIPECAT := integrations/pipecat
+PIPECAT_VENV := .venv-pipecat
+PIPECAT_STAMP := $(PIPECAT_VENV)/.installed-$(shell cat $(PIPECAT)/pyproject.toml $(PIPECAT)/constraints.txt | sha256sum | cut -c1-12)
 DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core nginx libnginx-mod-rtmp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit system-deps install demo-model bench clean
+.PHONY: demo test lint typecheck unit system-deps install pipecat-venv pipecat-example demo-model bench clean
 
 demo: system-deps install
 	$(BIN)/twincast demo
 
-test: system-deps install lint typecheck
+test: system-deps install pipecat-venv lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The fast tier: in-process tests with tiny models built in the test and injected clocks (under 2 minutes on two
@@ -27,6 +31,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The pipecat integration's environment (its tests run in it, from tests/test_pipecat_integration.py).
+pipecat-venv: $(PIPECAT_STAMP)
+
+$(PIPECAT_STAMP): $(PIPECAT)/pyproject.toml $(PIPECAT)/constraints.txt
+	test -x $(PIPECAT_VENV)/bin/python || $(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PIPECAT_VENV)/bin/python -m pip install --quiet -c $(PIPECAT)/constraints.txt -e '$(PIPECAT)[dev]'
+	rm -f $(PIPECAT_VENV)/.installed-*
+	touch $@
+
+# A pipecat agent (espeak-ng TTS in pipecat) speaking through the demo twin, recorded to pipecat-agent.mp4.
+pipecat-example: system-deps install pipecat-venv
+	$(PIPECAT_VENV)/bin/python examples/pipecat_agent.py --serve $(BIN)/twincast --record pipecat-agent.mp4
 
 # Debian packages the demo and the tests use; installed only when missing and only when run as root.
 system-deps:
@@ -45,8 +63,9 @@ system-deps:
 lint: install
 	$(BIN)/ruff check .
 
-typecheck: install
+typecheck: install pipecat-venv
 	$(BIN)/mypy
+	cd $(PIPECAT) && ../../$(PIPECAT_VENV)/bin/mypy
 
 # Rebuild the committed demo model from the demo pack: the flow-matching teacher, its consistency student and
 # the regression baseline (weights stored as float16), then the eval report. About 2 hours on two CPU cores.
@@ -64,4 +83,4 @@ bench: install
 	$(BIN)/python -m bench.serve_cpu
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output
+	rm -rf $(VENV) $(PIPECAT_VENV) .mypy_cache .ruff_cache .pytest_cache test-output
