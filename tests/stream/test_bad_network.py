@@ -26,10 +26,10 @@ from tests.stream.lossy_link import LossyLink, VideoFrameSeen
 VIEWER_TIMEOUT_S = 4.0  # the server's serve.viewer_timeout_s here (10 s by default), so the test is short
 PTS_PER_FRAME = 3600  # 90 kHz at 25 fps
 # How much the other viewers may lose: measured fps ratios 0.99-1.0 and p95 lateness +0-46 ms on the 2-core box,
-# and 0.905 and +125 ms with seven times as many processes running as cores; a viewer held up by another's link
-# would stall for seconds.
-MIN_FPS_RATIO = 0.8
-LATENESS_MARGIN_MS = 250
+# and down to 0.867 and up to +191 ms with seven times as many busy processes as cores; a viewer held up by
+# another's link would lose whole seconds.
+MIN_FPS_RATIO = 0.75
+LATENESS_MARGIN_MS = 400
 CLEAN_PSNR_DB = 30.0  # a frame matching the reference's: two VP8 encodes of one picture measure 36-108 dB here
 SPEECH = ("I keep on talking while the network is bad, so that every frame of my mouth differs from the one "
           "before it. Packets go missing and arrive late, and still the picture has to come back clean. "
