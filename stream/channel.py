@@ -38,8 +38,9 @@ class Channel:
     """One session and its viewers, inputs and outputs (see the module docstring).
 
     The session's video track is made once and relayed (``MediaRelay``) to every viewer and output: it is
-    rendered and converted once, then each viewer's sender encodes its own copy (``tracks.OwnFrames``). Audio
-    tracks are cheap, so each consumer gets its own, paced on the same session clock.
+    rendered and converted once, then each viewer's sender encodes its own copy (``tracks.OwnFrames``; an output
+    copies each frame on its encoder thread). Audio tracks are cheap, so each consumer gets its own, paced on the
+    same session clock.
     """
 
     def __init__(self, session: TwinSession, *, relay: MediaRelay, census: Census, events: EventLog, spawn: Spawn,
@@ -192,7 +193,7 @@ class Channel:
         Raises:
             InputError: a bad kind or target (see ``outputs.check_target``).
         """
-        video = OwnFrames(self._census.subscribe(self._relay, self.video_source))
+        video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
         output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target, video, TwinAudioTrack(self.session),
                               self.session.assets.frame_size, self.session.clock.fps, on_state=self._output_state)
         output.start(self._spawn)

@@ -7,9 +7,9 @@ clock deadline, which is what keeps them in sync at the client.
 
 The relay hands the same frame object to every subscriber, and aiortc's encoder forces a keyframe by marking the
 frame it is given (``pict_type = I``): one viewer's keyframe request (PLI/FIR, after packet loss) would then force
-keyframes on every viewer and output that encodes that frame after it (seen on the bad-network test: the
-lossless viewer got a 13 kB keyframe 80 ms after each of the lossy viewer's requests). So each consumer reads
-the relay through ``OwnFrames``, which hands it a copy of each frame.
+keyframes on every viewer that encodes that frame after it (seen on the bad-network test: the lossless viewer got
+a keyframe 10-80 ms after each of the lossy viewer's requests). So each viewer reads the relay through
+``OwnFrames``, which hands it a copy of each frame.
 """
 
 from __future__ import annotations
