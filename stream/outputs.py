@@ -1,11 +1,13 @@
 """Outputs: a session pushed to an RTMP(S) ingest (FLV, H.264 + AAC, 2 s GOP) or recorded to MP4.
 
 An output reads the session's relayed tracks like any viewer, and hands frames to an encoder thread through a
-bounded queue (overflow rule: drop the oldest; the muxer follows the frames' own timestamps, so a dropped frame
-is a repeat at the far end, never a drift). When an RTMP ingest goes away the thread reconnects with
-exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for ``STABLE_LIVE_S``). It is
-``live`` only once connected (the header written), so an ingest that refuses connections shows ``reconnecting``
-throughout.
+bounded queue (overflow rule: drop the oldest; the muxer follows the frames' own timestamps, so a dropped frame is
+a repeat at the far end, never a drift). The video it writes is constant-rate: a frame the session skipped (egress
+keeps its clock when the machine is loaded) or the queue dropped is filled by repeating the picture before it (up
+to ``MAX_FILL_S``), so editors and ingests see 25 fps, not a variable rate. When an RTMP ingest goes away the
+thread reconnects with exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for
+``STABLE_LIVE_S``). It is ``live`` only once connected (the header written), so an ingest that refuses connections
+shows ``reconnecting`` throughout.
 
 Recordings are fragmented MP4 (``stream.fmp4``) written to a hidden temporary file (``.recording-*.mp4``) and
 renamed to their name when they stop. When writing fails (a full disk) the recording stops with state ``failed``
@@ -46,6 +48,7 @@ AUDIO_BITRATE = 128_000
 MAX_BACKOFF_S = 30.0
 STABLE_LIVE_S = 5.0  # a push live this long has recovered: its next outage backs off from 1 s again
 QUEUE_FRAMES = 100
+MAX_FILL_S = 2.0  # a longer hole in the video (a stall) is left as a hole rather than filled with one picture
 MAX_URL_CHARS = 2048
 RTMP_URL = re.compile(r"^rtmps?://[!-.0-~]+/[!-~]+$")  # printable ASCII; no '/' in the host part
 MAX_RECORDING_DEPTH = 4
@@ -149,6 +152,7 @@ class StreamOutput:
         self.video_frames = 0
         self.audio_frames = 0
         self.dropped = 0
+        self.repeated = 0  # frames filled with the picture before them, to keep the video constant-rate
         self.started_at = time.time()
         self._video, self._audio = video, audio
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUE_FRAMES)
@@ -171,7 +175,8 @@ class StreamOutput:
         return {"id": self.output_id, "session": self.session_id, "kind": self.kind,
                 "target": mask_url(self.target) if self.kind == "rtmp" else self.target, "state": self.state,
                 "error": self.error, "connects": self.connects, "reconnects": self.reconnects,
-                "video_frames": self.video_frames, "audio_frames": self.audio_frames, "dropped": self.dropped}
+                "video_frames": self.video_frames, "audio_frames": self.audio_frames, "dropped": self.dropped,
+                "repeated": self.repeated}
 
     def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]) -> None:
         """Start the encoder thread and the two track readers (as tasks made by ``spawn``)."""
@@ -207,6 +212,14 @@ class StreamOutput:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
                     self.dropped += 1
+
+    def _write_picture(self, container: Any, video: Any, pixels: Any, slot: int) -> None:
+        """Encode one yuv420p picture at frame slot ``slot`` (pts in the 90 kHz clock of the tracks)."""
+        picture = av.VideoFrame.from_ndarray(pixels, format="yuv420p")
+        picture.time_base = Fraction(1, 90_000)
+        picture.pts = slot * 90_000 // self.fps
+        for packet in video.encode(picture):
+            container.mux(packet)
 
     def _scrub(self, text: str) -> str:
         """FFmpeg's messages quote the URL: mask its stream key before it is shown or logged."""
@@ -323,6 +336,7 @@ class StreamOutput:
 
     def _pump(self, container: Any, video: Any, audio: Any) -> None:
         origin_s: float | None = None  # one origin for both streams keeps them in sync in the file
+        last: tuple[int, Any] | None = None  # (frame slot, yuv420p picture) of the last video frame written
         while not self._stop.is_set():
             try:
                 kind, frame = self._queue.get(timeout=0.2)
@@ -333,12 +347,17 @@ class StreamOutput:
             if time_s < origin_s:
                 continue
             if kind == "video":
-                picture = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
-                picture.pts = round((time_s - origin_s) / frame.time_base)
-                picture.time_base = frame.time_base
-                for packet in video.encode(picture):
-                    container.mux(packet)
+                slot = round((time_s - origin_s) * self.fps)
+                if last is not None and slot <= last[0]:
+                    continue  # a slot already written
+                pixels = frame.to_ndarray()
+                if last is not None and slot - last[0] - 1 <= MAX_FILL_S * self.fps:
+                    for missing in range(last[0] + 1, slot):
+                        self._write_picture(container, video, last[1], missing)
+                        self.repeated += 1
+                self._write_picture(container, video, pixels, slot)
                 self.video_frames += 1
+                last = (slot, pixels)
             else:
                 sound = av.AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name,
                                                    layout=frame.layout.name)

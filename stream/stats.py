@@ -41,6 +41,7 @@ class OutputStats(TypedDict):
     video_frames: int
     audio_frames: int
     dropped: int
+    repeated: int
 
 
 class UpstreamStats(TypedDict):

@@ -161,7 +161,11 @@ function showSound() {
   $("sound").textContent = $("video").muted ? "Sound on" : "Mute";
 }
 $("video").addEventListener("volumechange", showSound);  // the label follows the element, whoever changed it
-$("sound").onclick = () => { $("video").muted = !$("video").muted; if (!$("video").muted) playPreview(); };
+$("sound").onclick = () => {
+  $("video").muted = !$("video").muted;
+  showSound();  // at once: volumechange comes a task later
+  if (!$("video").muted) playPreview();
+};
 showSound();
 
 function setBadge(id, text, kind) {

@@ -223,14 +223,14 @@ def test_the_preview_is_muted_until_sound_on_and_the_button_says_which(server: S
         page.wait_for_function(f"({PREVIEW}).playing", timeout=30_000)
         assert page.evaluate(PREVIEW) == {"playing": True, "muted": True, "label": "Sound on"}  # quiet by default
         page.click("#sound")
-        page.wait_for_function(f"!({PREVIEW}).muted", timeout=5_000)
+        page.wait_for_function(f"!({PREVIEW}).muted && ({PREVIEW}).label === 'Mute'", timeout=5_000)
         assert page.evaluate(PREVIEW) == {"playing": True, "muted": False, "label": "Mute"}
         quiet, loud = quiet_then_speech(page, server, "The producer hears the preview now.")
         assert quiet < SILENCE_LEVEL and loud > SPEECH_LEVEL, (quiet, loud)  # the stream it plays carries the voice
         assert page.evaluate(PREVIEW) == {"playing": True, "muted": False, "label": "Mute"}
         keep_screenshot(page, "dashboard-sound-on.png")
         page.click("#sound")
-        page.wait_for_function(f"({PREVIEW}).muted", timeout=5_000)
+        page.wait_for_function(f"({PREVIEW}).muted && ({PREVIEW}).label === 'Sound on'", timeout=5_000)
         assert page.evaluate(PREVIEW) == {"playing": True, "muted": True, "label": "Sound on"}
         # Sound turned on another way (the browser's own menu on the video): the button follows the element.
         page.evaluate("document.getElementById('video').muted = false")

@@ -1,15 +1,22 @@
-"""A fragmented MP4 cut off anywhere is cut back to its whole fragments, and what is left plays to the end."""
+"""Recordings: a fragmented MP4 cut off anywhere is cut back to its whole fragments, and what is left plays to the
+end; a frame the session skipped is filled so the file stays 25 fps."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+from collections.abc import Coroutine
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from stream.fmp4 import FRAGMENTED_MP4_OPTIONS, whole_fragments_bytes
+from stream.outputs import StreamOutput
 from tests.stream.rtmp_ingest import ffprobe
 
 
@@ -55,3 +62,54 @@ def test_a_cut_off_recording_keeps_its_whole_fragments(tmp_path: Path) -> None:
     assert whole_fragments_bytes(whole) > 0.99 * len(payload)  # a finished file is whole (its index aside)
     (tmp_path / "empty.mp4").write_bytes(b"")
     assert whole_fragments_bytes(tmp_path / "empty.mp4") == 0
+
+
+class _Source(MediaStreamTrack):
+    """An unpaced source of numbered frames (video: a grey level per frame; audio: silence), skipping some."""
+
+    def __init__(self, kind: str, count: int, skip: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.kind = kind
+        self._indices = iter([index for index in range(count) if index not in skip])
+
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        index = next(self._indices, None)
+        if index is None:
+            self.stop()
+            raise MediaStreamError
+        await asyncio.sleep(0.002)
+        if self.kind == "video":
+            frame = av.VideoFrame.from_ndarray(np.full((96, 64), 16 + 2 * index, np.uint8), format="yuv420p")
+            frame.pts, frame.time_base = index * 3600, Fraction(1, 90_000)
+            return frame
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        sound.sample_rate, sound.pts, sound.time_base = 48_000, index * 960, Fraction(1, 48_000)
+        return sound
+
+
+def test_a_recording_stays_constant_rate_when_the_session_skips_frames(tmp_path: Path) -> None:
+    async def record() -> StreamOutput:
+        output = StreamOutput("out", "s", "record", str(tmp_path / "show.mp4"),
+                              _Source("video", 100, frozenset({40, 41, 42})), _Source("audio", 200), (64, 64), 25)
+        readers: list[asyncio.Task[Any]] = []
+
+        def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+            readers.append(asyncio.ensure_future(coroutine))
+            return readers[-1]
+
+        output.start(spawn)
+        await asyncio.gather(*readers)  # both sources ran dry
+        await output.stop()
+        return output
+
+    output = asyncio.run(record())
+    assert output.video_frames == 97 and output.repeated == 3 and output.state == "stopped"
+    with av.open(str(tmp_path / "show.mp4")) as container:
+        stream = container.streams.video[0]
+        frames = [(round(float(frame.pts * frame.time_base) * 25), int(frame.to_ndarray()[0, 0]))
+                  for frame in container.decode(stream)]
+    assert [slot for slot, _ in frames] == list(range(100))  # every slot of 25 fps, none missing
+    levels = [level for _, level in frames]
+    assert abs(levels[41] - levels[39]) <= 2 and abs(levels[42] - levels[39]) <= 2  # the hole repeats frame 39
+    assert abs(levels[43] - (16 + 2 * 43)) <= 2  # and the stream goes on with its own frames
+    assert ffprobe(str(tmp_path / "show.mp4"))["video"]["avg_frame_rate"] == "25/1"
