@@ -12,7 +12,8 @@ the server's stats (fps, late, repeated and idle frames, viewers), the RTMP outp
 what the ingest has received, and the recording's size. Per utterance it finds, in what the long-lived viewer
 received, the mouth onset and the audio onset with ``bench.live``'s detectors (the mouth judged against the
 idle frames just before each push), their offset (mouth − sound) and how long after the push the sound
-arrived; drift is the median offset of the last tenth of the utterances minus that of the first tenth.
+arrived; drift is the median offset of the last tenth of the utterances rendered on time (no frame repeated
+around the push: see ``mark_on_time``) minus that of the first tenth.
 Writes DIR/soak.json (the series and a summary) and DIR/soak.png.
 """
 
@@ -46,6 +47,7 @@ UTTERANCE = "Papa bought a big bag of apples."
 LIVE_STATES = {"rtmp": "live", "record": "recording"}
 IDLE_BEFORE_S = 1.5  # each utterance's mouth is compared with the idle frames this long before its push ...
 ONSET_WITHIN_S = 3.0  # ... and its onsets are looked for this long after it
+ON_TIME_AFTER_S = 1.0  # an utterance was rendered on time when no frame was repeated until this long after it
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ class Soak:
         origin = self.log.started_at
         samples = self.log.samples
         series = {name: [getattr(s, name) for s in samples] for name in asdict(samples[0])}
-        utterances = self.utterances(media)
+        utterances = mark_on_time(self.utterances(media), series)
         received = received_fps(np.array(media.video_arrival_s) - origin, self.plan.window_s, 60 * self.plan.minutes)
         recording = check_recording(Path(finals["record"]["target"]))
         report: dict[str, Any] = {
@@ -302,28 +304,46 @@ class Soak:
         report["summary"] = summarize(report)
         return report
 
-    def utterances(self, media: ReceivedMedia) -> list[dict[str, float]]:
-        """Each utterance whose mouth and audio onsets were both found: when it was pushed, its offset (mouth −
-        sound), and how long after the push each onset reached the viewer.
+    def utterances(self, media: ReceivedMedia) -> list[dict[str, Any]]:
+        """Each utterance: when it was pushed and, where its mouth and audio onsets were both found, its offset
+        (mouth − sound) and how long after the push each onset reached the viewer (None where not found).
 
         Each utterance is judged on its own window (``bench.live``'s ``mouth_changes`` and ``onset_pairs``): its
         mouth against the idle frames of the ``IDLE_BEFORE_S`` before its push, not against the first second of
         the run, since the encoder's picture of the idle face changes over an hour (and under load)."""
         video_s, audio_s = np.array(media.video_arrival_s), np.array(media.audio_arrival_s)
-        found = []
+        utterances: list[dict[str, Any]] = []
         for pushed in self.log.pushes:
             v_first, v_end = np.searchsorted(video_s, [pushed - IDLE_BEFORE_S, pushed + ONSET_WITHIN_S])
             a_first, a_end = np.searchsorted(audio_s, [pushed - IDLE_BEFORE_S, pushed + ONSET_WITHIN_S])
-            if v_end - v_first < 25:  # not even a second of frames around the push: nothing to judge
-                continue
-            window = ReceivedMedia(audio_blocks=media.audio_blocks[a_first:a_end],
-                                   audio_arrival_s=media.audio_arrival_s[a_first:a_end])
-            series = mouth_changes(media.video[v_first:v_end])  # differences from the first 10, idle, frames
-            pairs, _ = onset_pairs(window, video_s[v_first:v_end], series, [pushed])
-            found.extend(pairs)
-        return [{"t_s": round(pushed - self.log.started_at, 2), "offset_ms": round(1000 * (mouth - sound), 1),
-                 "mouth_ms": round(1000 * (mouth - pushed), 1), "audio_ms": round(1000 * (sound - pushed), 1)}
-                for pushed, mouth, sound in found]
+            found: dict[str, float | None] = {"offset_ms": None, "mouth_ms": None, "audio_ms": None}
+            if v_end - v_first >= 25:  # at least a second of frames around the push
+                window = ReceivedMedia(audio_blocks=media.audio_blocks[a_first:a_end],
+                                       audio_arrival_s=media.audio_arrival_s[a_first:a_end])
+                series = mouth_changes(media.video[v_first:v_end])  # differences from the first 10, idle, frames
+                pairs, _ = onset_pairs(window, video_s[v_first:v_end], series, [pushed])
+                for _, mouth_s, sound_s in pairs:
+                    found = {"offset_ms": round(1000 * (mouth_s - sound_s), 1),
+                             "mouth_ms": round(1000 * (mouth_s - pushed), 1),
+                             "audio_ms": round(1000 * (sound_s - pushed), 1)}
+            utterances.append({"t_s": round(pushed - self.log.started_at, 2), **found})
+        return utterances
+
+
+def mark_on_time(utterances: list[dict[str, Any]], series: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Add to each utterance how many frames the server showed without their render (``repeated_frames``) from
+    ``IDLE_BEFORE_S`` before its push to ``ON_TIME_AFTER_S`` after it — its idle reference and its onset — and
+    whether there were none (``on_time``). A starved CPU holds the mouth back or shows the un-rendered base
+    frame: such an utterance's offset measures the machine's load, not lip sync."""
+    times = np.array(series["t_s"])
+    repeated = np.array(series["repeated_frames"])
+    marked = []
+    for utterance in utterances:
+        before = max(int(np.searchsorted(times, utterance["t_s"] - IDLE_BEFORE_S, side="right")) - 1, 0)
+        after = min(int(np.searchsorted(times, utterance["t_s"] + ON_TIME_AFTER_S)), len(times) - 1)
+        count = int(repeated[after] - repeated[before])
+        marked.append({**utterance, "repeated_frames": count, "on_time": count == 0})
+    return marked
 
 
 def window_means(times_s: list[float], values: list[float], window_s: float, total_s: float) -> list[float]:
@@ -384,10 +404,11 @@ def rss_figures(times_s: list[float], rss_mb: list[float]) -> dict[str, float]:
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The figures the soak is judged by."""
     series = report["series"]
-    offsets = [u["offset_ms"] for u in report["utterances"]]
-    first, last, drift = first_last(offsets) if offsets else (float("nan"),) * 3
-    audio_first, audio_last, _ = first_last([u["audio_ms"] for u in report["utterances"]]) if offsets else \
-        (float("nan"),) * 3
+    offsets = [u["offset_ms"] for u in report["utterances"] if u["offset_ms"] is not None]
+    on_time = [u for u in report["utterances"] if u["on_time"] and u["offset_ms"] is not None]
+    nothing = (float("nan"),) * 3
+    first, last, drift = first_last([u["offset_ms"] for u in on_time]) if on_time else nothing
+    audio_first, audio_last, _ = first_last([u["audio_ms"] for u in on_time]) if on_time else nothing
     return {
         **rss_figures(series["t_s"], series["rss_mb"]),
         "threads_start_end": [series["threads"][0], series["threads"][-1]],
@@ -402,8 +423,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "repeated_frames": series["repeated_frames"][-1] - series["repeated_frames"][0],
         "frames": round(series["t_s"][-1] * 25),
         "utterances": report["speech"]["pushed"], "measured": len(offsets),
+        "on_time_unmeasured": sum(1 for u in report["utterances"] if u["on_time"] and u["offset_ms"] is None),
         "offset_min_ms": min(offsets, default=float("nan")), "offset_max_ms": max(offsets, default=float("nan")),
+        "on_time": len(on_time),  # measured and rendered on time
         "offset_first_ms": first, "offset_last_ms": last, "drift_ms": drift,
+        "drift_all_ms": first_last(offsets)[2] if offsets else float("nan"),
         "push_to_sound_first_ms": audio_first, "push_to_sound_last_ms": audio_last,
         "rtmp_at_end": report["outputs"]["rtmp_at_end"],
         "rtmp_reconnects": report["outputs"]["rtmp"]["reconnects"],

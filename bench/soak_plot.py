@@ -82,24 +82,28 @@ def _frame_faults(axis: Any, report: dict[str, Any], series: dict[str, np.ndarra
 
 
 def _av_offset(axis: Any, report: dict[str, Any], series: dict[str, np.ndarray], minutes: np.ndarray) -> None:
-    utterances = report["utterances"]
+    utterances = [u for u in report["utterances"] if u["offset_ms"] is not None]
     summary = report["summary"]
     if utterances:
         at = np.array([u["t_s"] for u in utterances]) / 60
         offsets = np.array([u["offset_ms"] for u in utterances])
-        axis.scatter(at, offsets, s=6, color="tab:blue", label="each utterance")
-        span = min(10, len(offsets))
-        rolling = np.median(np.lib.stride_tricks.sliding_window_view(offsets, span), axis=1)
-        axis.plot(at[span - 1:], rolling, color="tab:red", lw=1.2, label=f"median of the last {span}")
+        on_time = np.array([u["on_time"] for u in utterances])
+        axis.scatter(at[on_time], offsets[on_time], s=6, color="tab:blue", label="rendered on time")
+        axis.scatter(at[~on_time], offsets[~on_time], s=6, color="tab:orange", label="frames repeated (starved)")
+        span = min(10, int(on_time.sum()))
+        if span:
+            rolling = np.median(np.lib.stride_tricks.sliding_window_view(offsets[on_time], span), axis=1)
+            axis.plot(at[on_time][span - 1:], rolling, color="tab:red", lw=1.2, label=f"median of the last {span}")
         latency = axis.twinx()
         latency.plot(at, [u["audio_ms"] for u in utterances], color="tab:gray", lw=0.8, alpha=0.7)
         latency.set_ylabel("push → sound (ms)", color="tab:gray", fontsize=8)
         axis.legend(loc="upper left", fontsize=7)
     axis.set_ylabel("mouth − sound (ms)")
     axis.set_title(f"A/V offset at the long-lived viewer: {summary['measured']} of {summary['utterances']} "
-                   f"utterances, {summary['offset_min_ms']:.0f}…{summary['offset_max_ms']:.0f} ms; drift (last "
-                   f"tenth − first, medians) {summary['drift_ms']:+.1f} ms; grey: push → sound "
-                   f"{summary['push_to_sound_first_ms']:.0f} → {summary['push_to_sound_last_ms']:.0f} ms", fontsize=9)
+                   f"utterances ({summary['on_time']} on time), {summary['offset_min_ms']:.0f}…"
+                   f"{summary['offset_max_ms']:.0f} ms; drift on time {summary['drift_ms']:+.1f} ms; grey: push → "
+                   f"sound {summary['push_to_sound_first_ms']:.0f} → {summary['push_to_sound_last_ms']:.0f} ms",
+                   fontsize=9)
 
 
 def _rtmp(axis: Any, report: dict[str, Any], series: dict[str, np.ndarray], minutes: np.ndarray) -> None:
