@@ -200,10 +200,10 @@ async def serve(socket: web.WebSocketResponse, protocol: PushProtocol) -> None:
     events as they happen. One writer task owns the socket's sending side, so replies and events never
     interleave mid-message."""
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_MESSAGES)
+    outbox.put_nowait(protocol.hello())  # first, before any event
     writer = asyncio.create_task(_send_all(socket, outbox), name=f"push-writer-{protocol.session.session_id}")
     protocol.listen(outbox)
     try:
-        await outbox.put(protocol.hello())
         async for message in socket:
             if message.type == WSMsgType.TEXT:
                 replies = protocol.on_text(message.data)
