@@ -103,6 +103,7 @@ class SoakLog:
     speech_errors: list[str] = field(default_factory=list)
     churn: list[tuple[float, float]] = field(default_factory=list)  # (joined, left) of each churning viewer
     churn_errors: list[str] = field(default_factory=list)
+    after_load: Sample | None = None  # one more look once every churning viewer has hung up
 
 
 class ProcessFigures(NamedTuple):
@@ -203,6 +204,7 @@ class Soak:
             group.create_task(self._sample_until(http, end), name="soak-sample")
             group.create_task(self._speak_until(end), name="soak-speak")
             group.create_task(self._churn_until(end), name="soak-churn")
+        self.log.after_load = await self._sample(http)
 
     async def _sample_until(self, http: aiohttp.ClientSession, end: float) -> None:
         next_at, minute = time.monotonic(), 0
@@ -293,6 +295,7 @@ class Soak:
             "server_fps_windows": window_means(series["t_s"], series["fps"], self.plan.window_s,
                                                60 * self.plan.minutes),
             "received_fps_windows": received, "utterances": utterances,
+            "after_load": asdict(self.log.after_load) if self.log.after_load is not None else None,
             "speech": {"pushed": len(self.log.pushes), "errors": self.log.speech_errors},
             "churn": {"viewers": [[round(a - origin, 1), round(b - origin, 1)] for a, b in self.log.churn],
                       "errors": self.log.churn_errors},

@@ -58,7 +58,7 @@ def test_two_minute_soak_keeps_its_bounds(pack: Path, artifact: Path, tmp_path: 
 
     # Viewers came and went: four joined and left, and the server counts only the one that stayed.
     assert summary["churn_viewers"] == 4 and report["churn"]["errors"] == [], report["churn"]
-    assert max(series["viewers"]) == 2 and series["viewers"][-1] == 1, series["viewers"]
+    assert max(series["viewers"]) == 2 and report["after_load"]["viewers"] == 1, series["viewers"]
 
     # The RTMP push is live at the end and the ingest kept receiving through the last minute.
     minute_ago = next(i for i, t in enumerate(series["t_s"]) if t >= series["t_s"][-1] - 60)
@@ -71,7 +71,7 @@ def test_two_minute_soak_keeps_its_bounds(pack: Path, artifact: Path, tmp_path: 
     recording = report["outputs"]["recording"]
     assert report["outputs"]["record"]["state"] == "stopped" and recording["exists"], report["outputs"]
     assert (recording["video"], recording["audio"]) == ("h264", "aac"), recording
-    assert 60 * plan.minutes - 2 <= recording["duration_s"] <= 60 * plan.minutes + 15, recording
+    assert 60 * plan.minutes - 2 <= recording["duration_s"] <= 60 * plan.minutes + 30, recording  # + start, stop
     assert recording["tail_decodes"], recording
 
     # Lip sync: every utterance was pushed; each one rendered on time was found (its mouth moved and its sound
