@@ -199,8 +199,12 @@ class AvatarPushClient:
         """Ask the server how much speech is queued (answered after everything sent before it)."""
         reply: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
         sent_before = self._unconfirmed_s
-        self._statuses.append(reply)
-        await self._send_json({"type": "status"})
+        self._statuses.append(reply)  # before sending: the reply may be read while the send is still waiting
+        try:
+            await self._send_json({"type": "status"})
+        except PushError:
+            self._statuses.remove(reply)
+            raise
         status = await reply
         self._queued_s = status.queued_s
         self.peak_queued_s = max(self.peak_queued_s, status.queued_s)
@@ -233,26 +237,34 @@ class AvatarPushClient:
     async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> None:
         """Dispatch what the server sends until the socket closes: status replies to their requests, speaking
         events to ``on_speaking``, errors to ``refusals``."""
-        async for message in socket:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            body = json.loads(message.data)
-            kind = body.get("type")
-            if kind == "status":
+        try:
+            async for message in socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                event = self._dispatch(json.loads(message.data))
+                if event is not None and self._on_speaking is not None:
+                    await self._on_speaking(event)
+        finally:  # however reading ended, nobody waits for a reply that will not come
+            closed = PushError(f"the push socket closed (code {socket.close_code})")
+            while self._statuses:
                 request = self._statuses.popleft()
-                if not request.done():  # a request whose caller was cancelled still gets its reply here
-                    request.set_result(Status(queued_s=body["queued_s"], max_queued_s=body["max_queued_s"],
-                                              frame_index=body["frame_index"], speaking=body["speaking"],
-                                              generation=body["generation"], accepting_pcm=body["accepting_pcm"]))
-            elif kind == "queued":
-                self.utterances_s.append(float(body["seconds"]))
-            elif kind == "speaking" and self._on_speaking is not None:
-                await self._on_speaking(SpeakingEvent.from_message(body))
-            elif kind == "error":
-                logger.warning(f"twincast push: {body.get('error')}")
-                self.refusals.append(str(body.get("error")))
-        closed = PushError(f"the push socket closed (code {socket.close_code})")
-        while self._statuses:
+                if not request.done():
+                    request.set_exception(closed)
+
+    def _dispatch(self, body: dict[str, Any]) -> SpeakingEvent | None:
+        """Take in one server message; a speaking event is returned for ``on_speaking``."""
+        kind = body.get("type")
+        if kind == "status":
             request = self._statuses.popleft()
-            if not request.done():
-                request.set_exception(closed)
+            if not request.done():  # a request whose caller was cancelled still gets its reply here
+                request.set_result(Status(queued_s=body["queued_s"], max_queued_s=body["max_queued_s"],
+                                          frame_index=body["frame_index"], speaking=body["speaking"],
+                                          generation=body["generation"], accepting_pcm=body["accepting_pcm"]))
+        elif kind == "queued":
+            self.utterances_s.append(float(body["seconds"]))
+        elif kind == "speaking":
+            return SpeakingEvent.from_message(body)
+        elif kind == "error":
+            logger.warning(f"twincast push: {body.get('error')}")
+            self.refusals.append(str(body.get("error")))
+        return None
