@@ -196,6 +196,41 @@ def iter_frames(path: Path, fps: int, damage: VideoDamage | None = None) -> Iter
             pictures.report(damage)
 
 
+def sample_frames(path: Path, times_s: list[float]) -> list[tuple[float, np.ndarray]]:
+    """The pictures shown at each of ``times_s`` (seconds from the start), upright, as (time, RGB) pairs: each
+    found by seeking to the keyframe before it and decoding forward, so a few frames of a long clip cost a few
+    seeks, not a decode of the whole file. A time past the end, or a stretch that does not decode, is left out.
+
+    Raises:
+        InputError: the container cannot be read.
+    """
+    found: list[tuple[float, np.ndarray]] = []
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if stream.time_base is None:
+            return found
+        start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        try:
+            for wanted_s in sorted(times_s):
+                container.seek(int((start_s + wanted_s) / stream.time_base), stream=stream, backward=True)
+                picture = _picture_at(container, stream, start_s + wanted_s)
+                if picture is not None:
+                    found.append((wanted_s, picture))
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path} could not be read while sampling frames: {exc}") from exc
+    return found
+
+
+def _picture_at(container: Any, stream: Any, time_s: float) -> np.ndarray | None:
+    """Decode from the current position to the first picture at or after ``time_s`` (its own clock)."""
+    for packet in container.demux(stream):
+        frames, _ = decode_packet(packet)
+        for frame in frames:
+            if frame.pts is not None and float(frame.pts * frame.time_base) >= time_s - 0.02:
+                return _upright(frame.to_ndarray(format="rgb24"), int(round(frame.rotation or 0)))
+    return None
+
+
 def read_audio(path: Path, sample_rate_hz: int) -> np.ndarray:
     """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate_hz`` (see ``decode_audio``).
 

@@ -26,6 +26,8 @@ from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import PackSampler, to_unit_range
 from model.loop import (
+    StepObserver,
+    StepReport,
     check_fits,
     mixed_precision,
     optimise,
@@ -66,6 +68,20 @@ def reconstruction_loss(decoded: Tensor, target: Tensor, weight: Tensor) -> Tens
     return pixel + dx.mean() + dy.mean()
 
 
+def autoencoder_loss(autoencoder: Autoencoder, target: Tensor, weight: Tensor, device: torch.device) -> Tensor:
+    """One batch's reconstruction loss, with noise on the latents so the decoder learns to tolerate it."""
+    with mixed_precision(device):
+        latents = autoencoder.encode_raw(target)
+        noisy = latents + LATENT_NOISE * latents.detach().std() * torch.randn_like(latents)
+        return reconstruction_loss(autoencoder.decode_raw(noisy).float(), target, weight)
+
+
+def reconstruction_weight(config: ModelConfig, device: torch.device) -> Tensor:
+    """The loss weight per pixel: ``LOWER_FACE_WEIGHT`` below the mask line, 1 above."""
+    mask = lower_mask(config.crop_px, config.mask_top).to(device)
+    return 1 + (LOWER_FACE_WEIGHT - 1) * mask
+
+
 def load_autoencoder(run: Path, config: ModelConfig) -> Autoencoder:
     """The run's trained autoencoder, checked against the model config that will use it.
 
@@ -90,8 +106,11 @@ def load_autoencoder(run: Path, config: ModelConfig) -> Autoencoder:
 
 
 def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
-                      force: bool = False, half: bool = False, progress: bool = True) -> AutoencoderResult:
+                      force: bool = False, half: bool = False, progress: bool = True,
+                      on_step: StepObserver | None = None) -> AutoencoderResult:
     """Train the person's autoencoder on ``pack_path``; writes ``autoencoder.pt`` and its report into ``out``.
+
+    ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
 
     Raises:
         InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
@@ -107,12 +126,11 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
     pack = AvatarPack.load(pack_path)
     check_fits(model_config, pack)
     out.mkdir(parents=True, exist_ok=True)
-    device, generator = seeded_device(train_config.threads, train_config.seed)
+    device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
     sampler = PackSampler(pack)
     autoencoder = Autoencoder(model_config).to(device).train()
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=train_config.autoencoder_learning_rate)
-    mask = lower_mask(model_config.crop_px, model_config.mask_top).to(device)
-    weight = 1 + (LOWER_FACE_WEIGHT - 1) * mask
+    weight = reconstruction_weight(model_config, device)
     steps = train_config.autoencoder_steps
     losses: list[float] = []
     started = time.monotonic()
@@ -121,14 +139,13 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), train_config.autoencoder_learning_rate)
         target = sampler.draw(train_config.batch_size, generator).target.to(device)
-        with mixed_precision(device):
-            latents = autoencoder.encode_raw(target)
-            noisy = latents + LATENT_NOISE * latents.detach().std() * torch.randn_like(latents)
-            loss = reconstruction_loss(autoencoder.decode_raw(noisy).float(), target, weight)
+        loss = autoencoder_loss(autoencoder, target, weight, device)
         if not torch.isfinite(loss):
             raise InputError(f"autoencoder training diverged at step {step}; lower autoencoder_learning_rate")
         losses.append(optimise(optimizer, loss, list(autoencoder.parameters())))
         show_loss(bar, step, losses)
+        if on_step is not None:
+            on_step(StepReport("autoencoder", step + 1, steps, recent_loss(losses), autoencoder))
     autoencoder.eval()
     standardise(autoencoder, sampler.crops[torch.from_numpy(sampler.indices)], device)
     face, mouth = holdout_psnr(autoencoder, pack, device)

@@ -5,11 +5,23 @@ A checkpoint stores both sections, so export, engines and eval never ask for the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from twincast.errors import InputError
 
 OBJECTIVES = ("flow", "regression")
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str, where: str) -> None:
+    """Refuse a device name other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        InputError: naming ``where`` the name came from.
+    """
+    if not DEVICE_NAME.match(name):
+        raise InputError(f"{where} {name!r} must be auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -89,8 +101,10 @@ class TrainConfig:
     autoencoder_learning_rate: float = 1e-3
     seed: int = 0
     threads: int = 0  # 0 = all cores
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "train device")
         if self.objective not in OBJECTIVES:
             raise InputError(f"train objective {self.objective!r} must be one of {OBJECTIVES}")
         if self.steps < 1 or self.batch_size < 1:

@@ -28,9 +28,12 @@ from tqdm import tqdm
 
 from avatar.pack import AvatarPack
 from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
-from model.data import PackSampler
+from model.config import check_device_name
+from model.data import Batch, PackSampler
 from model.flow import interpolate
 from model.loop import (
+    StepObserver,
+    StepReport,
     check_fits,
     mixed_precision,
     optimise,
@@ -58,8 +61,10 @@ class DistillConfig:
     sample_steps: int = 2  # what export uses for the student by default
     seed: int = 0
     threads: int = 0
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "distill device")
         if self.steps < 1 or self.batch_size < 1:
             raise InputError(f"distill steps ({self.steps}) and batch_size ({self.batch_size}) must be ≥ 1")
         if not 2 <= self.intervals <= 1000:
@@ -113,9 +118,68 @@ def teacher_step(teacher: TwinDenoiser, condition: Condition, x: Tensor, t: Tens
     return torch.where(interior, heun, predicted)
 
 
+@dataclass
+class Distiller:
+    """The networks of one distillation: the frozen teacher, the student being trained, the slow EMA of the
+    student that gives the consistency target (θ⁻), the optional EMA kept for the result, and the optimiser."""
+
+    teacher: TwinDenoiser
+    student: TwinDenoiser
+    target_network: TwinDenoiser
+    ema: TwinDenoiser | None
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def start(cls, teacher: TwinDenoiser, config: DistillConfig) -> Distiller:
+        """Begin from ``teacher`` (already on its device): the student and θ⁻ start as copies of it."""
+        teacher.requires_grad_(False)
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
+        if student.autoencoder is not None:  # the person's autoencoder stays as trained
+            student.autoencoder.requires_grad_(False)
+        ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
+        target_network = copy.deepcopy(student).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(student.trainable(), lr=config.learning_rate, weight_decay=0.0)
+        return cls(teacher, student, target_network, ema, optimizer)
+
+    def step(self, batch: Batch, config: DistillConfig, generator: torch.Generator, device: torch.device) -> float:
+        """One consistency-distillation step on ``batch``; returns its loss."""
+        autocast = mixed_precision(device)
+        target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
+        size = target.shape[0]
+        index = torch.randint(config.intervals, (size,), generator=generator)
+        t = (index.float() / config.intervals).to(device)
+        t_next = ((index + 1).float() / config.intervals).to(device)
+        with torch.no_grad(), autocast:
+            clean = self.teacher.to_space(target).float()
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        x_t = interpolate(clean, noise, t)
+        with torch.no_grad(), autocast:
+            teacher_condition = self.teacher.condition(target, reference, mel)
+            x_next = teacher_step(self.teacher, teacher_condition, x_t, t, t_next).float()
+            consistent = self.target_network.denoise(x_next, t_next,
+                                                     self.target_network.condition(target, reference, mel))
+            boundary = (t_next >= 1).view(-1, 1, 1, 1)
+            goal = torch.where(boundary, x_next, consistent.float())
+        with autocast:
+            predicted = self.student(x_t, t, target, reference, mel)
+        loss = pseudo_huber(predicted.float(), goal, self.student.loss_mask)
+        value = optimise(self.optimizer, loss, self.student.trainable())
+        update_ema(self.target_network, self.student, config.target_decay)
+        if self.ema is not None:
+            update_ema(self.ema, self.student, config.ema_decay)
+        return value
+
+    @property
+    def result(self) -> TwinDenoiser:
+        """The weights to keep: the EMA when there is one, else the student."""
+        return self.ema or self.student
+
+
 def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, force: bool = False,
-            half: bool = False, progress: bool = True) -> DistillResult:
+            half: bool = False, progress: bool = True, on_step: StepObserver | None = None) -> DistillResult:
     """Distil ``run``'s teacher into ``run/student.pt``.
+
+    ``on_step``, when given, is told after every step how far distillation is (``model.loop.StepReport``).
 
     Raises:
         NotFoundError: no teacher in ``run``, or its pack is gone (pass ``pack_path``).
@@ -130,46 +194,19 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
         raise NotFoundError(f"the teacher's avatar pack {pack_path} is not there; pass --pack")
     pack = AvatarPack.load(pack_path)
     check_fits(teacher_checkpoint.model, pack)
-    device, generator = seeded_device(config.threads, config.seed)
-    teacher = teacher_checkpoint.build().to(device).requires_grad_(False)
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
-    if student.autoencoder is not None:  # the person's autoencoder stays as trained
-        student.autoencoder.requires_grad_(False)
-    ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
-    target_network = copy.deepcopy(student).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(student.trainable(), lr=config.learning_rate, weight_decay=0.0)
-    autocast = mixed_precision(device)
+    device, generator = seeded_device(config.threads, config.seed, config.device)
+    distiller = Distiller.start(teacher_checkpoint.build().to(device), config)
     sampler = PackSampler(pack)
     losses: list[float] = []
     started = time.monotonic()
     bar = tqdm(range(config.steps), desc="distill", unit="step", disable=not progress)
     for step in bar:
-        batch = sampler.draw(config.batch_size, generator)
-        target, reference, mel = (x.to(device) for x in (batch.target, batch.reference, batch.mel))
-        size = target.shape[0]
-        index = torch.randint(config.intervals, (size,), generator=generator)
-        t = (index.float() / config.intervals).to(device)
-        t_next = ((index + 1).float() / config.intervals).to(device)
-        with torch.no_grad(), autocast:
-            clean = teacher.to_space(target).float()
-        noise = torch.randn(clean.shape, generator=generator).to(device)
-        x_t = interpolate(clean, noise, t)
-        with torch.no_grad(), autocast:
-            teacher_condition = teacher.condition(target, reference, mel)
-            x_next = teacher_step(teacher, teacher_condition, x_t, t, t_next).float()
-            consistent = target_network.denoise(x_next, t_next, target_network.condition(target, reference, mel))
-            boundary = (t_next >= 1).view(-1, 1, 1, 1)
-            goal = torch.where(boundary, x_next, consistent.float())
-        with autocast:
-            predicted = student(x_t, t, target, reference, mel)
-        loss = pseudo_huber(predicted.float(), goal, student.loss_mask)
-        losses.append(optimise(optimizer, loss, student.trainable()))
-        update_ema(target_network, student, config.target_decay)
-        if ema is not None:
-            update_ema(ema, student, config.ema_decay)
+        losses.append(distiller.step(sampler.draw(config.batch_size, generator), config, generator, device))
         show_loss(bar, step, losses)
+        if on_step is not None:
+            on_step(StepReport("student", step + 1, config.steps, recent_loss(losses), distiller.result))
     seconds = time.monotonic() - started
-    final = (ema or student).eval()
+    final = distiller.result.eval()
     model_config = replace(teacher_checkpoint.model, sample_steps=config.sample_steps)
     save_checkpoint(out, model=model_config, train=teacher_checkpoint.train, state_dict=final.state_dict(),
                     step=config.steps, pack=pack_info(pack, pack_path), role="student", half=half,

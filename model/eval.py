@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -176,8 +177,10 @@ def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: MouthSignals) -
 
 
 def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = None, video: bool = True,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Evaluate every variant the run holds; writes ``eval.json`` (and ``eval.mp4``) into the run.
+
+    ``on_progress``, when given, is told the fraction of the variants scored.
 
     Raises:
         NotFoundError: no teacher in the run, or its pack is gone (pass ``pack_path``).
@@ -201,11 +204,13 @@ def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = No
                               "missing": []}
     renders: dict[str, np.ndarray] = {}
     chosen, report["missing"] = variant_plan(roles)
-    for name, role, steps in tqdm(chosen, desc="eval", unit="variant", disable=not progress):
+    for done, (name, role, steps) in enumerate(tqdm(chosen, desc="eval", unit="variant", disable=not progress)):
         renders[name] = render(networks[role], inputs, steps)
         metrics = score(renders[name], inputs, truth_mouth)
         metrics["ms_per_frame"] = time_per_frame(networks[role], inputs, steps)
         report["variants"][name] = {key: round_metric(value) for key, value in metrics.items()}
+        if on_progress is not None:
+            on_progress((done + 1) / len(chosen))
     if video:
         report["video"] = str(write_side_by_side(run / "eval.mp4", inputs, renders))
     atomic_write_bytes(run / "eval.json", json.dumps(report, indent=1).encode())

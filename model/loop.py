@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,41 @@ from torch import Tensor
 
 from avatar.pack import AvatarPack
 from model.config import ModelConfig
-from twincast.errors import InputError
+from twincast.errors import DependencyError, InputError
 
 
-def pick_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass(frozen=True)
+class StepReport:
+    """What a training loop tells its observer after each optimiser step."""
+
+    role: str  # teacher, baseline, student or autoencoder
+    step: int  # steps done so far
+    steps: int  # steps planned
+    loss: float  # mean of the recent losses (``recent_loss``)
+    network: torch.nn.Module  # the weights a checkpoint taken now would hold (the EMA copy when there is one)
 
 
-def seeded_device(threads: int, seed: int) -> tuple[torch.device, torch.Generator]:
-    """The training device (on CPU with ``threads`` threads, 0 = all cores), torch seeded, and a batch generator."""
-    device = pick_device()
+StepObserver = Callable[[StepReport], None]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device ``name`` says: ``auto`` is CUDA when available, else the CPU.
+
+    Raises:
+        DependencyError: a CUDA device was asked for on a machine without one.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DependencyError(f"device {name!r} was asked for but this machine's PyTorch sees no CUDA GPU; "
+                              "use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def seeded_device(threads: int, seed: int, device_name: str = "auto") -> tuple[torch.device, torch.Generator]:
+    """The training device (``pick_device``; on CPU with ``threads`` threads, 0 = all cores), torch seeded, and a
+    batch generator."""
+    device = pick_device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(seed)

@@ -25,6 +25,8 @@ from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler
 from model.flow import interpolate, sample_time, velocity_loss
 from model.loop import (
+    StepObserver,
+    StepReport,
     check_fits,
     mixed_precision,
     optimise,
@@ -93,8 +95,11 @@ def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, ge
 
 
 def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
-          force: bool = False, resume: bool = False, half: bool = False, progress: bool = True) -> TrainResult:
+          force: bool = False, resume: bool = False, half: bool = False, progress: bool = True,
+          on_step: StepObserver | None = None) -> TrainResult:
     """Train on ``pack_path``; writes the role's checkpoint and report into the run directory ``out``.
+
+    ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
 
     Raises:
         InputError: ``out`` already holds this role (and neither ``force`` nor ``resume``), ``resume`` without
@@ -111,7 +116,7 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         raise InputError(f"{out} already holds a {role} ({target_file.name}); choose another --out, --resume, "
                          "or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
-    device, generator = seeded_device(train_config.threads, train_config.seed)
+    device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
     sampler = PackSampler(pack)
     network = TwinDenoiser(model_config)
     if network.autoencoder is not None:
@@ -141,6 +146,8 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         if ema is not None:
             update_ema(ema, network, train_config.ema_decay)
         show_loss(bar, step, losses)
+        if on_step is not None:
+            on_step(StepReport(role, step + 1, train_config.steps, recent_loss(losses), ema or network))
         every = train_config.checkpoint_every
         if every and (step + 1) % every == 0 and step + 1 < train_config.steps:
             save_resume(state_file, role, step + 1, network, ema, optimizer, generator, losses)
