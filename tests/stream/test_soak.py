@@ -32,10 +32,10 @@ RSS_GROWTH_LAST_MINUTE_MB = 25.0
 FAULTY_FRAMES_SHARE = 0.5
 # Lip sync is judged on the utterances rendered on time (no frame repeated around the push, ``mark_on_time``): a
 # starved CPU holds the mouth back by up to a second and more, which the bounds above judge. On time, the offset
-# (mouth − sound at the aiortc viewer, whose audio buffer holds 80 ms) measured -110..+10 ms.
+# (mouth − sound at the aiortc viewer, whose audio buffer holds 80 ms) measured -108..-29 ms in 9 runs.
 OFFSET_BOUND_MS = 300.0
 DRIFT_BOUND_MS = 40.0  # the first on-time utterances' offset vs the last ones' (medians of up to four)
-MIN_ON_TIME = 3  # fewer rendered on time: the machine starved the server all along, lip sync cannot be judged
+MIN_ON_TIME = 3  # fewer on time: the machine starved the server all along (seen once in 10 runs, at load 16.5)
 
 
 def test_two_minute_soak_keeps_its_bounds(pack: Path, artifact: Path, tmp_path: Path) -> None:
