@@ -3,7 +3,7 @@ FROM nvcr.io/nvidia/tensorrt:25.03-py3
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends espeak-ng ffmpeg libgl1 libglib2.0-0 \
+ && apt-get install -y --no-install-recommends espeak-ng ffmpeg fonts-dejavu-core libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/twincast
