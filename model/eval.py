@@ -177,10 +177,12 @@ def score(rendered: np.ndarray, inputs: EvalInputs, truth_mouth: MouthSignals) -
 
 
 def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = None, video: bool = True,
-             progress: bool = True, on_progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+             progress: bool = True, on_progress: Callable[[float], None] | None = None,
+             threads: int = 0) -> dict[str, Any]:
     """Evaluate every variant the run holds; writes ``eval.json`` (and ``eval.mp4``) into the run.
 
-    ``on_progress``, when given, is told the fraction of the variants scored.
+    ``on_progress``, when given, is told the fraction of the variants scored. ``threads``: PyTorch's CPU threads
+    (0: all cores; on a busy machine one can be much faster, see ``model.schedule.pick_threads``).
 
     Raises:
         NotFoundError: no teacher in the run, or its pack is gone (pass ``pack_path``).
@@ -192,8 +194,7 @@ def evaluate(run: Path, *, pack_path: Path | None = None, limit: int | None = No
     pack_path = pack_path or Path(teacher.pack["path"])
     if not (pack_path / "avatar.json").is_file():
         raise NotFoundError(f"the run's avatar pack {pack_path} is not there; pass --pack")
-    if torch.get_num_threads() < (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     pack = AvatarPack.load(pack_path)
     inputs = load_holdout(pack, limit)
     truth_mouth = mouth_signals(inputs.truth)

@@ -43,6 +43,7 @@ STAGE_OVERHEAD_S = 3.0  # loading the pack, building the networks, the last chec
 CHECKPOINT_EVERY_S = 30.0  # resumable state this often: a crash or Ctrl-C loses at most this much training
 SAFETY = 0.93  # plan to this share of the budget: estimates are measured, but a shared machine's speed varies
 TIMED_STEPS = 3
+PARALLEL_GAIN = 1.5  # all cores only when they make a step at least this much faster than one thread
 RENDER_BATCH = 16
 
 
@@ -171,14 +172,19 @@ def measure_rates(chosen: Preset, device_name: str = "auto", threads: int = 0,
 
 
 def pick_threads(chosen: Preset, device_name: str = "cpu") -> tuple[int, dict[int, float]]:
-    """On a CPU with several cores: one thread or all of them, whichever makes a teacher step faster here, with
-    the seconds per step measured for each. (On a busy machine one thread can be many times faster: the threads
-    of a parallel operation wait for each other while other work holds the cores.) Elsewhere: 0 (all)."""
+    """On a CPU with several cores: all of them if a teacher step is at least ``PARALLEL_GAIN`` times faster with
+    them than with one thread, else one; with the seconds per step measured for each. Elsewhere: 0 (all).
+
+    One thread unless all cores clearly pay, because a parallel step stalls whenever other work takes one of its
+    cores (its threads wait for each other at every operation): on the shared 2-core development machine a tiny
+    teacher step took 0.07 s with one thread and 2.6 s with two while other work ran, and a run that measured two
+    threads as fast as one in a quiet moment took 8 times its plan once the other work came back.
+    """
     cores = os.cpu_count() or 1
     if pick_device(device_name).type != "cpu" or cores == 1:
         return 0, {}
     timings = {threads: _teacher_seconds(chosen, threads, device_name) for threads in (1, cores)}
-    return min(timings, key=lambda threads: timings[threads]), timings
+    return (cores if timings[cores] * PARALLEL_GAIN <= timings[1] else 1), timings
 
 
 def _teacher_seconds(chosen: Preset, threads: int, device_name: str) -> float:

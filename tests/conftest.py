@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import ServerProcess, run_cli
 
 CLIP_TEXT = "Hello there. The twin opens its mouth when it speaks, and closes it in silence."
+NEW_PERSON_TEXT = "Good evening. I am a new twin, made from this video in one step, and now I go live."
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # Fixtures that run the CLI chain (synth → enroll → train → export) or a server: a test that needs any of them
 # belongs to the integration tier. The unit tier (``make unit``, ``-m "not integration"``) is what is left:
 # in-process, tiny models built in the test, injected clocks.
-CHAIN_FIXTURES = frozenset({"clip", "pack", "run_dir", "artifact", "full_run", "server"})
+CHAIN_FIXTURES = frozenset({"clip", "pack", "run_dir", "artifact", "full_run", "server", "new_person_clip"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -67,6 +68,18 @@ def clip(workdir: Path, request: pytest.FixtureRequest) -> Path:
     seed = request.config.getoption("--pixel-jitter")
     if seed is not None:
         _jitter_pixels(out, seed)
+    return out
+
+
+@pytest.fixture(scope="session")
+def new_person_clip(workdir: Path) -> Path:
+    """A 256² synthetic talking-head clip (about 7 s) of someone other than the committed demo portrait: Grace
+    Hopper (``assets/portrait-hopper.jpg``, a US Navy photograph in the public domain), for the tests that make a
+    new twin from a video."""
+    out = workdir / "new-person.mp4"
+    portrait = Path(__file__).resolve().parents[1] / "assets" / "portrait-hopper.jpg"
+    run_cli("synth-footage", "--portrait", str(portrait), "--text", NEW_PERSON_TEXT, "--out", str(out), "--size",
+            "256", "--seed", "3", "-q")
     return out
 
 

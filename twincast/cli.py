@@ -282,6 +282,63 @@ def cmd_export(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, help="footage of the person speaking (a minute or more is best)")
+    parser.add_argument("--name", required=True, help="the twin's name (letters, digits, - and _)")
+    parser.add_argument("--size", default="demo", help="demo (live on a CPU; default), base (GPU, latent); tiny and "
+                        "tiny-latent are for tests")
+    parser.add_argument("--budget", default="15m", help="wall time for all of it, e.g. 90s, 15m, 1h30m (default 15m)")
+    parser.add_argument("--device", default="auto", help="where to train: auto (CUDA when there is one), cpu, cuda")
+    parser.add_argument("--out", type=Path, help="the twin directory (default: twins/NAME)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads to train with (default 0: measure one and all cores; all only when they "
+                        "are clearly faster)")
+    parser.add_argument("--preview-every", default="2m", help="render a holdout preview this often while training")
+    parser.add_argument("--force", action="store_true", help="start again, replacing what the directory holds")
+    parser.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    parser.add_argument("--worker", action="store_true",
+                        help="run as the server's training worker: lowest CPU priority, JSON lines, stop with the "
+                        "parent process")
+    parser.add_argument("--serve", action="store_true", help="when the twin is ready, serve it live")
+    parser.add_argument("--host", help="with --serve: the address to listen on")
+    parser.add_argument("--port", type=int, help="with --serve: the port (default 8080)")
+
+
+@command("create", "video → a live twin in one step, within a time budget", _create_arguments)
+def cmd_create(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from twincast.create import become_background_worker
+
+    if args.worker:
+        become_background_worker()  # first: the threads started later inherit the priority
+    from avatar.enroll import EnrollConfig
+    from model.schedule import parse_duration
+    from twincast.create import CreateOptions, create
+    from twincast.progress import JsonLines, PlainText, ProgressBar, Reporter
+
+    options = CreateOptions(
+        video=args.video, name=args.name, out=args.out or Path("twins") / args.name, size=args.size,
+        budget_s=parse_duration(args.budget), device=args.device, threads=args.threads,
+        preview_every_s=parse_duration(args.preview_every), force=args.force,
+        enroll=build_config(EnrollConfig, section="enroll", toml=toml, env=os.environ))
+    reporter: Reporter = (JsonLines() if args.json or args.worker else
+                          PlainText() if args.quiet else ProgressBar())
+    try:
+        result = create(options, reporter)
+    finally:
+        reporter.close()
+    if args.serve:
+        from stream.config import ServeConfig
+        from stream.server import TwinSource, serve
+
+        config = build_config(ServeConfig, section="serve", toml=toml, env=os.environ, overrides={
+            "host": args.host, "port": args.port,
+            "operator_token": os.environ.get("TWINCAST_OPERATOR_TOKEN") or None,
+            "viewer_token": os.environ.get("TWINCAST_VIEWER_TOKEN") or None})
+        source = TwinSource(result.name, result.out / "pack", result.out / "twin.onnx")
+        asyncio.run(serve(config, [source], announce=_announce))
+    return 0
+
+
 def _build_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="twin.onnx")
     parser.add_argument("--precision", default="fp16", help="fp16 (default) or fp32")
@@ -358,6 +415,7 @@ def _serve_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
     return build_config(ServeConfig, section="serve", toml=toml, env=os.environ, overrides={
         "host": args.host, "port": args.port, "engine": args.engine, "threads": args.threads, "pose": args.pose,
         "video_codec": args.video_codec, "lead_frames": args.lead_frames,
+        "canvas": args.canvas, "canvas_background": args.canvas_background,
         "operator_token": os.environ.get("TWINCAST_OPERATOR_TOKEN") or None,
         "viewer_token": os.environ.get("TWINCAST_VIEWER_TOKEN") or None,
     })
@@ -389,6 +447,10 @@ def _live_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose", help="pose driver: loop (footage loop) or still")
     parser.add_argument("--video-codec", help="vp8 (default) or h264")
     parser.add_argument("--lead-frames", type=int, help="render lead ahead of playout, in frames")
+    parser.add_argument("--canvas", help="compose the twin onto a WIDTHxHEIGHT canvas for the platforms: 720x1280 "
+                        "or 1080x1920 (9:16), 1280x720 (default: the avatar pack's own frame)")
+    parser.add_argument("--canvas-background", metavar="COLOUR|FILE",
+                        help="behind the twin on the canvas: #rrggbb, or a picture or a video file to loop")
 
 
 @command("serve", "serve a twin live over WebRTC", _serve_arguments)
