@@ -4,8 +4,10 @@ An output reads the session's relayed tracks like any viewer, and hands frames t
 bounded queue (overflow rule: drop the oldest; the muxer follows the frames' own timestamps, so a dropped frame is
 a repeat at the far end, never a drift). The video it writes is constant-rate: a frame the session skipped (egress
 keeps its clock when the machine is loaded) or the queue dropped is filled by repeating the picture before it (up
-to ``MAX_FILL_S``), so editors and ingests see 25 fps, not a variable rate. When an RTMP ingest goes away the
-thread reconnects with exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for
+to ``MAX_FILL_S``), so editors and ingests see 25 fps, not a variable rate. An RTMP push sends its FLV through a
+child process (``stream.rtmp_push``), so an ingest that never answers can only stall that child, never the server;
+when the ingest goes away, does not answer within 10 s or stops taking data, the thread reconnects with
+exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for
 ``STABLE_LIVE_S``). It is ``live`` only once connected (the header written), so an ingest that refuses connections
 shows ``reconnecting`` throughout.
 
@@ -25,19 +27,22 @@ import logging
 import os
 import queue
 import re
+import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from stream.fmp4 import FRAGMENTED_MP4_OPTIONS, whole_fragments_bytes
+from stream.rtmp_push import RtmpPusher
 from stream.stats import OutputStats
 from twincast.errors import InputError
 
@@ -99,6 +104,21 @@ def recording_path(name: str, recordings_dir: Path) -> Path:
     if target.exists() or target.is_symlink():
         raise InputError(f"recording {name} already exists; choose a new file name")
     return target
+
+
+def reach_ingest(url: str, timeout_s: float = 5.0) -> None:
+    """Open and close a TCP connection to an RTMP URL's host, so an ingest that is down is found at once, without
+    starting a push process (blocking in a socket call does not hold the interpreter lock).
+
+    Raises:
+        OSError: the host cannot be reached (the message names it, never the stream key).
+    """
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "rtmps" else 1935)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise OSError(f"cannot reach the ingest at {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def check_target(kind: str, target: str) -> str:
@@ -255,7 +275,7 @@ class StreamOutput:
 
     def _stream_once(self) -> None:
         if self.kind != "record":
-            self._encode(self.target, "flv", {"rw_timeout": "5000000"})
+            self._push_once()
             return
         fd, scratch = tempfile.mkstemp(prefix=".recording-", suffix=".mp4", dir=Path(self.target).parent)
         os.close(fd)
@@ -264,8 +284,31 @@ class StreamOutput:
         os.replace(scratch, self.target)
         self._scratch = None
 
-    def _encode(self, destination: str, container_format: str, options: dict[str, str]) -> None:
-        """Open ``destination``, encode frames from the queue until stopped, flush and close it.
+    def _push_once(self) -> None:
+        """One connection to the RTMP ingest: FLV encoded here, sent by a child process (``stream.rtmp_push``)
+        that alone waits on the network; it is ``live`` once the ingest has taken the header.
+
+        Raises:
+            OSError: the push ended (the message says why: no answer, a stall, or the ingest's error).
+        """
+        reach_ingest(self.target)
+        pusher = RtmpPusher(self.target, on_live=self._went_live)
+        try:
+            self._encode(pusher.stdin, "flv", {}, announce=False)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            pusher.close(timeout_s=1.0)
+            raise OSError(pusher.failure()) from exc
+        pusher.close()
+
+    def _went_live(self) -> None:
+        """The ingest took the header (called on the push's monitor thread)."""
+        self._live_since = time.monotonic()
+        self._set_state("live")
+
+    def _encode(self, destination: str | IO[bytes], container_format: str, options: dict[str, str], *,
+                announce: bool = True) -> None:
+        """Open ``destination``, encode frames from the queue until stopped, flush and close it; ``announce``
+        sets the output's state once the header is written (an RTMP push announces itself when the ingest has it).
 
         Raises:
             av.error.FFmpegError, OSError, ValueError: opening, writing or closing failed (the first error is
@@ -282,9 +325,10 @@ class StreamOutput:
                              "sc_threshold": "0", "bf": "0"}
             audio = container.add_stream("aac", rate=48_000, layout="mono")
             audio.bit_rate = AUDIO_BITRATE
-            container.start_encoding()  # opens the file or connects to the ingest, and writes the header
-            self._live_since = time.monotonic()
-            self._set_state("recording" if self.kind == "record" else "live")
+            container.start_encoding()  # opens the file (or the pipe to the push) and writes the header
+            if announce:
+                self._live_since = time.monotonic()
+                self._set_state("recording" if self.kind == "record" else "live")
             self._pump(container, video, audio)
             for packet in video.encode(None):
                 container.mux(packet)
