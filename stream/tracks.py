@@ -25,6 +25,7 @@ from stream.session import TwinSession
 
 VIDEO_CLOCK_HZ = 90_000
 AUDIO_BLOCKS_PER_FRAME = 2  # 20 ms WebRTC audio frames per 40 ms video frame
+MAX_AUDIO_CATCH_UP_BLOCKS = 15  # up to 300 ms late, missed audio is sent at once; later than that, skipped
 
 
 class TwinVideoTrack(MediaStreamTrack):
@@ -77,7 +78,12 @@ class OwnFrames(MediaStreamTrack):
 
 
 class TwinAudioTrack(MediaStreamTrack):
-    """The session's audio as 20 ms, 48 kHz mono s16 frames, on the same clock as the video."""
+    """The session's audio as 20 ms, 48 kHz mono s16 frames, on the same clock as the video.
+
+    When the loop is late by a few blocks (a busy machine) the missed blocks are sent at once, in order, so the
+    sound stays whole; only a stall of more than ``MAX_AUDIO_CATCH_UP_BLOCKS`` skips ahead, so latency stays
+    bounded. (Video skips instead: a repeated or skipped picture is not heard.)
+    """
 
     kind = "audio"
 
@@ -94,7 +100,7 @@ class TwinAudioTrack(MediaStreamTrack):
         await session.clock.sleep_until(session.playout_deadline(block / AUDIO_BLOCKS_PER_FRAME))
         block_s = session.clock.period_s / AUDIO_BLOCKS_PER_FRAME
         now_block = math.floor((session.clock.now() - session.playout_deadline(0)) / block_s)
-        if now_block > block:
+        if now_block - block > MAX_AUDIO_CATCH_UP_BLOCKS:
             block = now_block
         samples = session.audio_block(block, AUDIO_BLOCKS_PER_FRAME)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")

@@ -278,3 +278,38 @@ def test_a_session_announces_speech_and_a_lost_webcam_on_its_own_clock() -> None
     # 5 frames of speech: speaking from the moment it is queued until it has played out, 3 frames of delay later
     assert 0.2 <= speech_on <= 0.24 and 0.3 <= speech_off - speech_on <= 0.36
     assert 1.2 <= fallback <= 1.3  # one second of the session's clock after the last webcam pose
+
+
+def test_audio_catches_up_after_a_short_delay_and_skips_only_a_stall() -> None:
+    async def run() -> list[int]:
+        session, _, manual = _queued_session("still")
+        clock = session.clock
+        producer = asyncio.ensure_future(session.run())
+        track = TwinAudioTrack(session)
+        blocks: list[int] = []
+
+        async def receive(count: int) -> None:
+            for _ in range(count):
+                receiving = asyncio.ensure_future(track.recv())
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                while not receiving.done():  # waiting for its deadline: move the clock on, 10 ms at a time
+                    manual.advance_to(manual.t + 0.01)
+                    for _ in range(5):
+                        await asyncio.sleep(0)
+                blocks.append(receiving.result().pts // 960)
+
+        try:
+            manual.advance_to(clock.deadline(10))
+            await receive(4)
+            manual.advance_to(manual.t + 0.1)  # the loop was busy for 100 ms: five blocks are due at once
+            await receive(8)
+            manual.advance_to(manual.t + 1.0)  # a stall of a second: catching up would keep latency high
+            await receive(2)
+        finally:
+            producer.cancel()
+        return blocks
+
+    blocks = asyncio.run(run())
+    assert blocks[:12] == list(range(blocks[0], blocks[0] + 12))  # the late blocks were sent, none skipped
+    assert blocks[13] == blocks[12] + 1 and blocks[12] - blocks[11] > 40  # the stall skipped ahead, then on
