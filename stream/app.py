@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from avatar.speech import MAX_TEXT_CHARS
+from stream import commerce_routes, twin_routes
 from stream import operator_routes as op
 from stream import viewer_routes as viewer
 from stream.http_common import (
@@ -47,6 +48,7 @@ from stream.openapi import (
 )
 from stream.resources import debug_resources
 from stream.runtime import SESSION_ID, TwinRuntime
+from stream.show_routes import SHOW_ROUTES
 from twincast.errors import LimitError, TwincastError, UnauthorizedError
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,9 @@ ROUTES: list[Route] = [
     Route("POST", "/api/script/{line_id:\\d+}/speak", op.speak_script_line, "Speak a line now or next",
           body=obj(when={"enum": ["now", "next"]}, session=SESSION), responses={"202": "queued"},
           body_required=False, errors=(422, 502, 503)),
+    *commerce_routes.COMMERCE_ROUTES,  # products, canvas, on-screen elements, /overlay
+    *SHOW_ROUTES,  # shows, running them, viewer questions
+    *twin_routes.TWIN_ROUTES,  # twins made from uploaded videos, their training jobs, going live
 ]
 
 
@@ -272,6 +277,8 @@ def create_app(runtime: TwinRuntime, operator_token: str, viewer_token: str | No
     app[VIEWER_TOKEN] = viewer_token
     app[RATE_LIMITER] = RateLimiter(config.operator_rate_per_s, config.operator_burst)
     app[AUTH_LOCKOUT] = AuthLockout(config.max_auth_failures, config.auth_lockout_s)
+    commerce_routes.setup(app)
+    twin_routes.setup(app)
     for route in ROUTES:
         json_body = route.body is not None and "content" not in route.body
         app.router.add_route(route.method, route.path, _checking_body(route) if json_body else route.handler)

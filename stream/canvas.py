@@ -97,14 +97,15 @@ class Background:
         return cls((_frozen(rgb_to_i420(rgb)),), 1.0, text)
 
     @classmethod
-    def picture(cls, payload: bytes, size: tuple[int, int], name: str) -> Background:
-        """A picture (PNG, JPEG, WebP, GIF) scaled to cover the canvas and cut to it.
+    def picture(cls, payload: bytes, size: tuple[int, int], name: str = "") -> Background:
+        """A picture (PNG, JPEG, WebP, GIF) scaled to cover the canvas and cut to it; ``name`` (its file's) is how
+        messages and the API call it.
 
         Raises:
             InputError, LimitError, UnprocessableError: see ``images.decode_image``.
         """
-        rgb = flatten(decode_image(payload, f"background picture {name}"))
-        return cls((_frozen(rgb_to_i420(cover(rgb, *size))),), 1.0, name)
+        rgb = flatten(decode_image(payload, f"background picture {name}".strip()))
+        return cls((_frozen(rgb_to_i420(cover(rgb, *size))),), 1.0, name or "an uploaded picture")
 
     @classmethod
     def video(cls, path: Path, size: tuple[int, int], max_bytes: int = MAX_BACKGROUND_BYTES) -> Background:

@@ -1,5 +1,6 @@
 """A channel: one live session and everything attached to it — its producer task, its video source, its script,
-its WHEP viewers, the operator's microphone and webcam peers, and its RTMP pushes and recordings.
+its show and chat inbox (``production``), its WHEP viewers, the operator's microphone and webcam peers, and its RTMP
+pushes and recordings.
 
 The channel is the one owner of those: it adds and removes them, closes them all when it closes, and turns what
 they announce (the session's ``speaking``/``late``/…, a peer's state, an output's state) into event-log lines.
@@ -23,6 +24,7 @@ from aiortc.contrib.media import MediaRelay
 from stream.events import EventLog, Tally
 from stream.outputs import StreamOutput
 from stream.peers import Census, Viewer, answer, close_peer, prefer_video_codec
+from stream.production import Production
 from stream.script import Script
 from stream.session import Spawn, TwinSession
 from stream.stats import SessionStats
@@ -47,6 +49,7 @@ class Channel:
                  video_codec: str, viewer_timeout_s: float) -> None:
         self.session = session
         self.script = Script()
+        self.production = Production(session, spawn, lambda message, level: self._note("show", message, level))
         self.viewers: dict[str, Viewer] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.outputs: dict[str, StreamOutput] = {}
@@ -195,7 +198,7 @@ class Channel:
         """
         video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
         output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target, video, TwinAudioTrack(self.session),
-                              self.session.assets.frame_size, self.session.clock.fps, on_state=self._output_state)
+                              self.session.frame_size, self.session.clock.fps, on_state=self._output_state)
         output.start(self._spawn)
         self.outputs[output.output_id] = output
         self._note("output", f"{kind} output started: {output.describe()['target']}")
@@ -234,6 +237,7 @@ class Channel:
             self._pose_meter.close()
         for output_id in list(self.outputs):
             await self.remove_output(output_id)
+        await self.production.close()
         self.producer.cancel()
         await asyncio.gather(self.producer, return_exceptions=True)
         self.video_source.stop()

@@ -140,7 +140,7 @@ async def put_canvas_background(request: web.Request) -> web.Response:
     compositor.require_canvas()
     payload = await read_body(request, request.app[RUNTIME].config.max_body_bytes, "max_body_bytes", "picture")
     assert compositor.canvas is not None
-    compositor.set_background(await off_loop(Background.picture, payload, compositor.canvas, "uploaded picture"))
+    compositor.set_background(await off_loop(Background.picture, payload, compositor.canvas))
     return web.json_response(_canvas(request, session.session_id))
 
 

@@ -19,6 +19,9 @@ LIMIT_RANGES: tuple[tuple[str, float, float], ...] = (  # each limit's setting a
     ("operator_burst", 1, 100_000),
     ("max_auth_failures", 1, 1_000_000),
     ("auth_lockout_s", 1, 86_400),
+    ("max_upload_bytes", 1024, 1024**4),
+    ("twin_preview_every_s", 1, 86_400),
+    ("train_threads", 0, 256),
 )
 
 
@@ -46,6 +49,13 @@ class ServeConfig:
     recordings_dir: Path = Path("recordings")  # recordings go here (created on demand); the API names files in it
     viewer_timeout_s: float = 10.0  # a viewer that sends no RTCP receiver report for this long is dropped
     max_queued_speech_s: float = 300.0
+    twins_dir: Path = Path("twins")  # twins made from uploads (and by `twincast create`) live here; made on demand
+    max_upload_bytes: int = 2 * 1024**3  # the largest video upload (POST /api/twins), streamed to disk
+    twin_preview_every_s: float = 120.0  # a training job renders a holdout preview this often
+    train_threads: int = 1  # a training job's CPU threads (0: measure; see stream.jobs)
+    canvas: str = ""  # "" streams the pack's own frame; WIDTHxHEIGHT (720x1280, 1080x1920, 1280x720) a canvas
+    canvas_background: str = "#14161c"  # behind the twin on the canvas: #rrggbb, or a picture or video file to loop
+    commerce_dir: Path = Path("commerce")  # the product catalogue, its pictures and saved shows (made on demand)
     voice: str = "en-us"
     tts: str = "espeak-ng"
     noise_seed: int = 0
@@ -72,6 +82,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise InputError(f"serve {name} {value} must be in {low}..{high}")
+        if "\0" in str(self.twins_dir):
+            raise InputError(f"serve twins_dir {str(self.twins_dir)!r} holds a NUL character")
         if "\0" in str(self.recordings_dir):
             raise InputError(f"serve recordings_dir {str(self.recordings_dir)!r} holds a NUL character")
         if not 1.0 <= self.viewer_timeout_s <= 600.0:
@@ -79,6 +91,11 @@ class ServeConfig:
         for name, token in (("operator", self.operator_token), ("viewer", self.viewer_token)):
             if token is not None and len(token) < 8:
                 raise InputError(f"the {name} token must be at least 8 characters")
+        from stream.canvas import canvas_size
+
+        canvas_size(self.canvas)  # raises InputError naming what is wrong
+        if "\0" in str(self.commerce_dir):
+            raise InputError(f"serve commerce_dir {str(self.commerce_dir)!r} holds a NUL character")
         if self.max_queued_speech_s <= 0:
             raise InputError(f"serve max_queued_speech_s {self.max_queued_speech_s} must be positive")
 

@@ -111,8 +111,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def read_optional_json(request: web.Request) -> dict[str, Any]:
-    """A JSON object body, or {} when the request has none."""
-    return await read_json(request) if request.can_read_body else {}
+    """A JSON object body, or {} when the request has none (``body_exists``: ``can_read_body`` turns False once the
+    body was read, as the route's schema check reads it first, and the body would then be taken for absent)."""
+    return await read_json(request) if request.body_exists else {}
 
 
 async def read_sdp(request: web.Request) -> str:

@@ -45,8 +45,8 @@ def needs_operator(path: str) -> bool:
 
 
 def needs_viewer(path: str) -> bool:
-    """What a viewer token, when one is set, guards: the player page and WHEP."""
-    return path == "/" or path == "/whep" or path.startswith("/whep/")
+    """What a viewer token, when one is set, guards: the player page, WHEP and the overlay page."""
+    return path in ("/", "/whep", "/overlay") or path.startswith(("/whep/", "/overlay/"))
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Route:
     path: str  # aiohttp form, e.g. /api/{kind:mic|webcam}/{upstream_id}
     handler: Handler
     summary: str
-    body: dict[str, Any] | None = None  # JSON schema of a JSON body, or {"content": media type}
+    body: dict[str, Any] | None = None  # JSON schema of a JSON body, or {"content": media type, "schema"?: …}
     query: tuple[dict[str, Any], ...] = ()
     responses: dict[str, str] = field(default_factory=lambda: {"200": "OK"})
     errors: tuple[int, ...] = ()  # error statuses besides those every route of its kind has (see ``error_codes``)
@@ -104,7 +104,8 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
         if route.body is not None:
             if "content" in route.body:
-                content = {route.body["content"]: {"schema": {"type": "string", "format": "binary"}}}
+                schema = route.body.get("schema", {"type": "string", "format": "binary"})  # a form's: its fields
+                content = {route.body["content"]: {"schema": schema}}
             else:
                 content = {"application/json": {"schema": route.body}}
             operation["requestBody"] = {"required": route.body_required, "content": content}

@@ -117,6 +117,7 @@ class PoseController:
     def __init__(self, base_poses: np.ndarray, mode: str = "loop", *, now: Callable[[], float] = time.monotonic,
                  on_fallback: Callable[[], None] | None = None) -> None:
         self.base_count = int(base_poses.shape[0])
+        self._now = now
         self._on_fallback = on_fallback
         self.loop = LoopPose(self.base_count)
         self.target = TargetPose(base_poses, now)
@@ -137,6 +138,21 @@ class PoseController:
         if mode in ("script", "webcam"):
             self.target.hold(self._last[1])
         self.mode = mode
+
+    def for_base_poses(self, base_poses: np.ndarray) -> PoseController:
+        """The same driver over another twin's base loop (a session switching twins): the footage loop starts at
+        the new loop's first frame, a still head holds its first frame, a scripted or webcam pose keeps its target
+        (the nearest of the new twin's head poses is shown)."""
+        other = PoseController(base_poses, now=self._now, on_fallback=self._on_fallback)
+        if self.mode == "still":
+            other.set_mode("still", still_index=0)
+        elif self.mode in ("script", "webcam"):
+            other.set_mode(self.mode)
+            if self.target.target is not None:
+                yaw, pitch, roll = (float(value) for value in self.target.target)
+                other.target.update((yaw, pitch, roll), smooth=False)
+        other.fallbacks = self.fallbacks
+        return other
 
     def script(self, yaw: float, pitch: float, roll: float) -> None:
         """Hold the base frame nearest the given head pose (degrees)."""

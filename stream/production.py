@@ -284,11 +284,10 @@ class Production:
             if not await self._until_quiet(epoch) or self.session.generation != generation:
                 continue  # moved, or the line was cut by an answer: said again once the answer is done
             self.spoken.add((segment_index, line_index))
+            self.position = (segment_index, line_index + 1)  # said: a hold or a resume goes on from the next
             self._epoch += 1
             self._changed()
-            if await self._pause(show.gap_s, self._epoch) and self.state == "running":
-                self.position = (segment_index, line_index + 1)
-                self._changed()
+            await self._pause(show.gap_s, self._epoch)
 
     async def _pause(self, seconds: float, epoch: int) -> bool:
         """Wait ``seconds`` unless a control action comes first; True when the pause ran out."""
@@ -417,9 +416,8 @@ class Production:
         return check_text(text)
 
     def _interrupt_for_answer(self) -> None:
-        """Cut the twin off for an answer without holding the show: the cut line is said again after it."""
-        if self.state == "running" and self.position in self.spoken:
-            self.spoken.discard(self.position)
+        """Cut the twin off for an answer without holding the show: the cut line (still at ``position``, not yet
+        marked spoken) is said again after it."""
         self._interrupt()
 
     def _context(self) -> dict[str, Any]:

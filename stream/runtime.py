@@ -21,6 +21,7 @@ from aiortc.contrib.media import MediaRelay
 
 from avatar.speech import Voice
 from engines.base import Engine
+from stream.canvas import Background, Compositor, canvas_size
 from stream.channel import Channel
 from stream.clock import MediaClock
 from stream.config import ServeConfig
@@ -32,6 +33,7 @@ from stream.script import Script
 from stream.session import Twin, TwinSession
 from stream.stats import ServerStats
 from stream.tts import make_tts
+from stream.twins import LoadedTwin, switch_compositor
 from twincast.errors import InputError, LimitError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,15 @@ RETRY_FULL_S = 30.0  # what a viewer refused at capacity is told to wait before 
 class TwinRuntime:
     """Owns the render worker, the twins and the channels (sessions with everything connected to them)."""
 
-    def __init__(self, twins: dict[str, Twin], engines: dict[str, Engine], config: ServeConfig) -> None:
+    def __init__(self, twins: dict[str, Twin], engines: dict[str, Engine], config: ServeConfig, *,
+                 background: Background | None = None) -> None:
         if not twins:
             raise InputError("at least one twin is needed")
         self.twins = twins
         self.engines = engines
         self.config = config
+        self.canvas = canvas_size(config.canvas)  # None: every session streams its pack's own frame
+        self.background = background  # prepared once (off the loop) and shared by every session's canvas
         self.channels: dict[str, Channel] = {}
         self.relay = MediaRelay()
         self.census = Census()  # watches every peer and relay subscription made, for GET /api/debug/resources
@@ -112,20 +117,58 @@ class TwinRuntime:
         if twin_name not in self.twins:
             raise NotFoundError(f"no twin {twin_name!r}; twins: {sorted(self.twins)}")
         twin = self.twins[twin_name]
-        rng = np.random.default_rng(self.config.noise_seed)
-        noise_shape = self.engines[twin.engine].input_shape("noise", 1)[1:]  # the crop's, or a latent model's
-        noise = rng.standard_normal(noise_shape).astype(np.float32)
+        noise = self._noise(twin)
         session = TwinSession(
             session_id, twin, self.worker, MediaClock(twin.mel_spec.fps, grid=self._clock_grid),
             tts=make_tts(self.config.tts, Voice(name=self.config.voice)), pose_mode=self.config.pose,
             lead_frames=self.config.lead_frames, noise=noise,
             max_queued_frames=int(self.config.max_queued_speech_s * twin.mel_spec.fps), spawn=self.spawn,
+            compositor=Compositor(twin.assets, twin.mel_spec.fps, canvas=self.canvas, background=self.background),
         )
         self.worker.attach(twin.engine)
         self.channels[session_id] = Channel(session, relay=self.relay, census=self.census, events=self.events,
                                             spawn=self.spawn, video_codec=self.config.video_codec,
                                             viewer_timeout_s=self.config.viewer_timeout_s)
         self.events.emit("session", f"session started ({twin.name})", session=session_id)
+        return session
+
+    def _noise(self, twin: Twin) -> np.ndarray:
+        """The fixed noise a session renders ``twin`` with: the crop's shape, or a latent model's."""
+        rng = np.random.default_rng(self.config.noise_seed)
+        noise_shape = self.engines[twin.engine].input_shape("noise", 1)[1:]
+        return rng.standard_normal(noise_shape).astype(np.float32)
+
+    def add_twin(self, loaded: LoadedTwin) -> Twin:
+        """Make a twin loaded while serving (``stream.twins.load_twin``, off the loop) available to sessions; the
+        engine it brought, if any, joins those the render worker runs.
+
+        Raises:
+            InputError: a twin of that name is loaded already.
+        """
+        if loaded.twin.name in self.twins:
+            if loaded.engine is not None:
+                loaded.engine.close()
+            raise InputError(f"a twin named {loaded.twin.name!r} is loaded already")
+        if loaded.engine is not None:
+            self.engines[loaded.engine_key] = loaded.engine  # the render worker reads this same dict
+        self.twins[loaded.twin.name] = loaded.twin
+        self.events.emit("twin", f"twin {loaded.twin.name} loaded")
+        return loaded.twin
+
+    def switch_twin(self, session_id: str | None, twin_name: str) -> TwinSession:
+        """Make a session show another loaded twin from its next tick; its viewers, inputs and outputs stay
+        connected and its picture keeps its size (``TwinSession.switch_twin``, ``stream.twins``).
+
+        Raises:
+            NotFoundError: no such session or twin.
+            InputError: the twin cannot join this session (other audio features).
+        """
+        session = self.session(session_id)
+        if twin_name not in self.twins:
+            raise NotFoundError(f"no twin {twin_name!r} is loaded; twins: {sorted(self.twins)}")
+        twin = self.twins[twin_name]
+        session.switch_twin(twin, self._noise(twin), switch_compositor(session.compositor, twin.assets))
+        self.events.emit("session", f"switching to twin {twin.name}", session=session.session_id)
         return session
 
     async def remove_session(self, session_id: str) -> None:

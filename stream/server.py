@@ -21,6 +21,7 @@ from engines.base import Engine, EngineOptions, create_engine
 from export.spec import resolve_artifact
 from stream.app import create_app
 from stream.assets import TwinAssets
+from stream.canvas import Background, canvas_size
 from stream.config import ServeConfig
 from stream.runtime import TwinRuntime
 from stream.session import Twin
@@ -69,7 +70,9 @@ def build_runtime(config: ServeConfig, sources: list[TwinSource]) -> TwinRuntime
         spec = engines[key].spec
         assets = TwinAssets.from_pack(AvatarPack.load(source.pack), spec)
         twins[source.name] = Twin(source.name, assets, key, MelSpec(**spec.mel), spec.crop_px)
-    return TwinRuntime(twins, engines, config)
+    size = canvas_size(config.canvas)
+    background = Background.load(config.canvas_background, size) if size is not None else None
+    return TwinRuntime(twins, engines, config, background=background)
 
 
 async def serve(config: ServeConfig, sources: list[TwinSource], *,

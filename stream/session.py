@@ -13,8 +13,9 @@ time on the stream is its index / fps), ``interrupted`` (first silent frame inde
 on every interrupt, ``late`` (frame index) for a frame rendered after its deadline,
 ``live_dropped`` (frames) when live audio is dropped to bound latency, ``pose_fallback`` when a lost webcam
 hands the head back to the footage loop, ``degraded`` (reason) and ``recovered`` (seconds degraded) around an
-engine failure or stall, and ``speech_failed`` (message) when text to speech fails, in the request or in a later
-sentence synthesised in the background (or a later sentence does not fit in the speech queue).
+engine failure or stall, ``speech_failed`` (message) when text to speech fails, in the request or in a later
+sentence synthesised in the background (or a later sentence does not fit in the speech queue), and
+``twin_switched`` (previous twin's name, new twin's name) on the tick a switch of twins takes effect.
 
 Faults degrade, never stop, the stream: a frame whose render is missing (failed, or more than a frame or two
 late) is shown as its un-rendered base frame — the footage loop goes on, its mouth as filmed — rather than
@@ -41,12 +42,13 @@ from avatar.speech import Speech, split_sentences
 from model.render_inputs import RenderInputs
 from stream.assets import TwinAssets
 from stream.audio_queue import SILENCE, AudioChunk, AudioQueue, prepare_chunks
+from stream.canvas import Compositor
 from stream.clock import MediaClock
 from stream.pose import PoseController
 from stream.render_worker import RenderedFrame, RenderFailure, RenderJob, RenderWorker
 from stream.stats import DegradedStats, TimelineStats
 from stream.tts import TTS_FAILURES, TextToSpeech, speak_sentences
-from twincast.errors import PayloadTooLargeError, UnprocessableError
+from twincast.errors import InputError, PayloadTooLargeError, UnprocessableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,15 +109,27 @@ class Twin:
     crop_px: int
 
 
+@dataclass(frozen=True)
+class TwinSwitch:
+    """A switch to another twin, waiting for the session's next tick."""
+
+    twin: Twin
+    noise: np.ndarray
+    compositor: Compositor
+
+
 class TwinSession(EventEmitter):
     """A live twin session, driven by ``run()`` on the event loop; announces changes as events (see the module)."""
 
     def __init__(self, session_id: str, twin: Twin, worker: RenderWorker, clock: MediaClock, *, tts: TextToSpeech,
-                 pose_mode: str, lead_frames: int, noise: np.ndarray, max_queued_frames: int, spawn: Spawn) -> None:
+                 pose_mode: str, lead_frames: int, noise: np.ndarray, max_queued_frames: int, spawn: Spawn,
+                 compositor: Compositor | None = None) -> None:
         super().__init__()
         self.session_id = session_id
         self.twin = twin
         self.assets = twin.assets
+        # Composes every frame: the pack's own frame, or the broadcast canvas, with the on-screen elements.
+        self.compositor = compositor or Compositor(twin.assets, clock.fps)
         self.worker = worker
         self.clock = clock
         self.mel_spec = twin.mel_spec
@@ -132,9 +146,11 @@ class TwinSession(EventEmitter):
         ring = 4 * (self.history + self.lookahead + self.lead) + 16
         self._audio = FrameRing[AudioChunk](ring)
         self._video = FrameRing[VideoOut](ring)
-        self._bases = FrameRing[int](ring)  # the base frame each submitted frame is rendered over
+        # the base frame each submitted frame is rendered over, and the compositor (twin) it was submitted with
+        self._bases = FrameRing[tuple[Compositor, int]](ring)
+        self._switch_to: TwinSwitch | None = None  # applied at the next tick (control before data)
         self._next_tick = 0
-        self._idle: tuple[int, np.ndarray] | None = None  # the last base frame shown un-rendered, as yuv420p
+        self._idle: tuple[int, int, np.ndarray] | None = None  # the last frame shown un-rendered: frame, base, i420
         self._last_video: tuple[int, VideoOut] | None = None
         self._first_egress: int | None = None
         self._repeat_counted = -1
@@ -158,6 +174,11 @@ class TwinSession(EventEmitter):
     # --- timeline -------------------------------------------------------------------------------------------
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the video: the canvas's, or the pack's own frame."""
+        return self.compositor.frame_size
+
+    @property
     def delay_frames(self) -> int:
         """Frames between an audio chunk entering the timeline and its playout."""
         return self.lookahead + self.lead
@@ -179,6 +200,8 @@ class TwinSession(EventEmitter):
             self._next_tick = tick + 1
 
     def _tick(self, tick: int) -> None:
+        if self._switch_to is not None:
+            self._apply_switch()
         self._audio.put(tick, self.audio_queue.pop())
         frame_index = tick - self.lookahead
         if frame_index >= 0:
@@ -196,14 +219,14 @@ class TwinSession(EventEmitter):
 
     def _submit(self, frame_index: int, *, urgent: bool = False) -> None:
         base = self.pose.base_index(frame_index)
-        self._bases.put(frame_index, base)
+        self._bases.put(frame_index, (self.compositor, base))
         inputs = RenderInputs(masked_crop=self.assets.masked_crops[base], reference=self.assets.reference,
                               mel=self._mel(frame_index), noise=self.noise)._asdict()
-        assets = self.assets
+        compositor = self.compositor
         generation = self.generation
 
         def paste_back(face: np.ndarray) -> VideoOut:
-            return VideoOut(assets.compose_i420(base, face), generation, base)
+            return VideoOut(compositor.compose_i420(frame_index, base, face), generation, base)
 
         self.worker.submit(RenderJob(self.session_id, frame_index, generation, self.twin.engine, inputs, paste_back,
                                      self._deliver, self._is_current, urgent=urgent, fail=self._render_failed))
@@ -281,12 +304,13 @@ class TwinSession(EventEmitter):
 
     def _base_i420(self, frame_index: int) -> np.ndarray:
         """The un-rendered base frame under ``frame_index`` (the nearest one chosen before it, if it has none)."""
-        base = self._bases.get(frame_index)
-        if base is None:
-            base = self._idle[0] if self._idle is not None else self.pose.describe()["base_index"]
-        if self._idle is None or self._idle[0] != base:
-            self._idle = (base, self.assets.base_i420(base))
-        return self._idle[1]
+        compositor, base = self._bases.get(frame_index) or (self.compositor, None)
+        if base is None:  # (after a switch, the nearest frame chosen before it may be of the other twin)
+            base = self._idle[1] if self._idle is not None else self.pose.describe()["base_index"]
+            base = min(base, compositor.assets.base_count - 1)
+        if self._idle is None or self._idle[:2] != (frame_index, base):
+            self._idle = (frame_index, base, compositor.base_i420(frame_index, base))
+        return self._idle[2]
 
     def audio_block(self, block_index: int, blocks_per_frame: int = 2) -> np.ndarray:
         """The int16 samples of 20 ms audio block ``block_index`` (two per video frame)."""
@@ -295,6 +319,40 @@ class TwinSession(EventEmitter):
         start = (block_index % blocks_per_frame) * size
         block = chunk.playback[start : start + size]
         return np.round(np.clip(block, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+    # --- switching twins -------------------------------------------------------------------------------------
+
+    def switch_twin(self, twin: Twin, noise: np.ndarray, compositor: Compositor) -> None:
+        """Show ``twin`` from the next tick on, without a gap: frames submitted from then on are rendered by its
+        engine over its base loop (``noise`` has its engine's shape) and composed by ``compositor``, which makes
+        frames of this session's size; frames already submitted play out as rendered, so the new twin is on
+        screen within the render lead. The audio, the clock and the video track go on as they were.
+
+        Raises:
+            InputError: the twin's audio features (or frame rate) differ from this session's, or ``compositor``
+                makes frames of another size.
+        """
+        if twin is self.twin:  # back to the twin on screen before a pending switch took effect
+            self._switch_to = None
+            return
+        if twin.mel_spec != self.mel_spec:
+            raise InputError(f"twin {twin.name!r} hears audio as {twin.mel_spec}, not as this session's twin "
+                             f"{self.twin.name!r} ({self.mel_spec}); start a new session for it")
+        if compositor.frame_size != self.frame_size:
+            raise InputError(f"the compositor for twin {twin.name!r} makes {compositor.frame_size} frames; this "
+                             f"session streams {self.frame_size}")
+        self._switch_to = TwinSwitch(twin, noise, compositor)
+
+    def _apply_switch(self) -> None:
+        switch, self._switch_to = self._switch_to, None
+        assert switch is not None
+        previous = self.twin
+        self.twin, self.assets, self.noise, self.compositor = switch.twin, switch.twin.assets, switch.noise, \
+            switch.compositor
+        self.pose = self.pose.for_base_poses(switch.twin.assets.base_poses)
+        self.worker.detach(previous.engine)  # the worker waits for one job per session of an engine to batch
+        self.worker.attach(switch.twin.engine)
+        self.emit("twin_switched", previous.name, switch.twin.name)
 
     # --- audio inputs ----------------------------------------------------------------------------------------
 
@@ -417,12 +475,15 @@ class TwinSession(EventEmitter):
         fps = (len(recent) - 1) / span if span > 0 else 0.0
         render = list(self._render_ms)
         p50, p99 = (float(np.percentile(render, q)) for q in (50, 99)) if render else (math.nan, math.nan)
+        compose_p50, compose_p99 = self.compositor.timing()
         return {
             "session": self.session_id,
             "twin": self.twin.name,
             "fps": round(fps, 2),
             "render_ms_p50": round(p50, 2) if render else None,
             "render_ms_p99": round(p99, 2) if render else None,
+            "compose_ms_p50": compose_p50,
+            "compose_ms_p99": compose_p99,
             "late_frames": self.late_frames,
             "repeated_frames": self.repeated_frames,
             "idle_frames": self.idle_frames,
@@ -437,7 +498,7 @@ class TwinSession(EventEmitter):
             "queue": {"speech_frames": len(self.audio_queue), "render_jobs": self.worker.depth,
                       "live_frames_dropped": self.audio_queue.dropped_live},
             "pose": self.pose.describe(),
-            "frame_size": list(self.assets.frame_size),
+            "frame_size": list(self.frame_size),
             "egress_frames": self.egress_frames,
         }
 

@@ -76,6 +76,8 @@ class TimelineStats(TypedDict):
     fps: float
     render_ms_p50: float | None
     render_ms_p99: float | None
+    compose_ms_p50: float | None  # pasting the face, the canvas and the on-screen elements (render worker)
+    compose_ms_p99: float | None
     late_frames: int
     repeated_frames: int
     idle_frames: int

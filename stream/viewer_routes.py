@@ -11,7 +11,8 @@ from stream.http_common import RUNTIME, read_sdp
 from twincast import __version__
 from twincast.errors import NotFoundError
 
-STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css",
+                "show.js": "text/javascript", "show.css": "text/css", "show.html": "text/html"}
 
 
 @functools.cache

@@ -34,6 +34,7 @@ from twincast.progress import Event, Reporter, Tracker
 
 STATE_FILE = "create.json"
 LOCK_FILE = ".create.lock"
+SERVER_JOB_FILES = ("job.json", "create.log")  # a server's job (stream.jobs) keeps its state and log beside the video
 STATE_VERSION = 1
 SIZES = ("tiny", "tiny-latent", "demo", "base")  # tiny and tiny-latent: for tests, in seconds
 LIVE_VARIANTS = ("student_1", "student_2", "teacher_2", "baseline_1")  # render live: 1-2 sampler steps
@@ -255,14 +256,14 @@ def _check_same_twin(state: TwinState, options: CreateOptions) -> None:
 
 
 def _clear(options: CreateOptions) -> None:
-    """Make room for a new twin: the directory may hold nothing but the video itself (and the lock), unless
-    ``force`` says to remove what is there.
+    """Make room for a new twin: the directory may hold nothing but the video itself (with the lock, and a server
+    job's state and log beside it), unless ``force`` says to remove what is there.
 
     Raises:
         InputError: it holds other files and ``force`` is false; or ``force`` would delete the video.
     """
     video = options.video.resolve()
-    keep = {LOCK_FILE, video.name} if video.parent == options.out.resolve() else {LOCK_FILE}
+    keep = {LOCK_FILE, *SERVER_JOB_FILES, video.name} if video.parent == options.out.resolve() else {LOCK_FILE}
     others = [path for path in options.out.iterdir() if path.name not in keep]
     if not others:
         return

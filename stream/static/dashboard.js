@@ -400,6 +400,15 @@ function renderOutputs(outputs) {
   }
 }
 
+// --- pages: each [data-tab] button shows the [data-tab-panel] of its name (a "tab" event tells the page's script) ---
+
+function openTab(name) {
+  for (const button of document.querySelectorAll("#tabs [data-tab]")) button.classList.toggle("active", button.dataset.tab === name);
+  for (const panel of document.querySelectorAll("[data-tab-panel]")) panel.hidden = panel.dataset.tabPanel !== name;
+  document.dispatchEvent(new CustomEvent("tab", { detail: name }));
+}
+for (const button of document.querySelectorAll("#tabs [data-tab]")) button.onclick = () => openTab(button.dataset.tab);
+
 // --- start ----------------------------------------------------------------------------------------------------------
 
 takeTokenFromUrl();

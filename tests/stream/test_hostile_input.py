@@ -419,6 +419,42 @@ def test_events_socket_answers_messages_it_does_not_take_and_keeps_streaming(hos
     assert asyncio.run(oversized()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
+def chat_comments() -> st.SearchStrategy[tuple[str, Any]]:
+    """What a platform bridge might send: comments right and wrong, batches, junk, binary."""
+    users = st.one_of(st.text(max_size=80), st.integers(), st.none())
+    texts = st.one_of(st.text(max_size=120), st.just("x" * 2100), st.integers(), st.none())
+    comment = st.builds(lambda user, text, when: {"user": user, "text": text, "time": when}, users, texts,
+                        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.text(max_size=3)))
+    return st.one_of(comment.map(lambda body: ("text", json.dumps(body))),
+                     st.lists(comment, max_size=4).map(lambda batch: ("text", json.dumps({"messages": batch}))),
+                     st.sampled_from(["{", "null", "[]", '{"messages": 5}', "NaN"]).map(lambda text: ("text", text)),
+                     st.text(max_size=60).map(lambda text: ("text", text)),
+                     st.binary(max_size=60).map(lambda data: ("binary", data)))
+
+
+def test_chat_ingest_answers_every_message_and_stays_open(hostile: ServerProcess, watcher: Watcher) -> None:
+    @settings(FUZZ, max_examples=30)
+    @given(st.lists(chat_comments(), min_size=1, max_size=6))
+    def exchange(messages: list[tuple[str, Any]]) -> None:
+        CASES["GET /api/chat/ingest (WebSocket messages)"] += 1
+        replies = asyncio.run(ingest_exchange(hostile, messages))
+        assert len(replies) == len(messages) + 1 and replies[-1]["type"] == "ok"  # a good one still goes in
+        for reply in replies:
+            assert reply["type"] in ("ok", "error") and (reply["type"] == "ok" or reply["error"]), reply
+
+    exchange()
+
+
+async def ingest_exchange(server: ServerProcess, messages: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Send ``messages`` to the chat ingest socket, then one good comment; every reply."""
+    async with aiohttp.ClientSession() as client, \
+            client.ws_connect(server.url + "/api/chat/ingest", headers=server.auth) as socket:
+        for kind, body in messages:
+            await (socket.send_str(body) if kind == "text" else socket.send_bytes(body))
+        await socket.send_json({"user": "fuzz", "text": "is it waterproof?"})
+        return [await socket.receive_json(timeout=20) for _ in range(len(messages) + 1)]
+
+
 async def events_exchange(server: ServerProcess, messages: list[tuple[str, Any]]
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Send ``messages`` on the events socket; the error replies, then the next stats message."""
