@@ -11,6 +11,7 @@ and what a viewer wrote that is read aloud (their question) or an agent wrote fr
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -22,7 +23,8 @@ from typing import Any
 
 import aiohttp
 
-from avatar.speech import clean_text
+from avatar.speech import Speech, clean_text
+from stream.audio_files import decode_audio_file, decode_pcm
 from stream.moderation import flags
 from stream.products import Product
 from twincast.errors import InputError, NotFoundError, ToolError, UnprocessableError
@@ -32,6 +34,7 @@ MAX_CHAT_CHARS = 2000
 MAX_USER_CHARS = 64
 AGENT_TIMEOUT_S = 15.0
 MAX_AGENT_REPLY_BYTES = 16 * 1024
+MAX_AGENT_AUDIO_BYTES = 32 * 1024**2  # an agent's spoken answer: about 5 min of 48 kHz mono PCM
 CHAT_MESSAGE: dict[str, Any] = {"type": "object", "required": ["user", "text"], "additionalProperties": False,
                                 "properties": {
     "user": {"type": "string", "minLength": 1, "maxLength": MAX_USER_CHARS},
@@ -193,31 +196,71 @@ class ChatDesk:
         return found[:limit]
 
 
-async def ask_agent(url: str, message: ChatMessage, context: dict[str, Any],
-                    timeout_s: float = AGENT_TIMEOUT_S) -> str:
-    """POST a question to a show's agent webhook and return its answer text.
+async def ask_agent(url: str, message: ChatMessage, context: dict[str, Any], *, max_audio_s: float,
+                    timeout_s: float = AGENT_TIMEOUT_S) -> str | Speech:
+    """POST a question to a show's agent webhook and return its answer: text to speak, or speech it made itself.
 
     The webhook gets ``{"question", "user", "platform", "message_id", "show", "segment", "product"}`` as JSON and
-    answers with ``{"text": "…"}`` or a ``text/plain`` body, within ``timeout_s`` and ``MAX_AGENT_REPLY_BYTES``.
+    answers within ``timeout_s`` with ``{"text": "…"}`` or a ``text/plain`` body (up to ``MAX_AGENT_REPLY_BYTES``),
+    or with its own voice: raw 16-bit PCM (``audio/pcm;rate=24000[;channels=1]``, little-endian, or RFC 2586's
+    big-endian ``audio/L16;rate=…``) or an audio file (``audio/wav``, ``audio/mpeg``, ``audio/ogg``…), which may
+    be streamed (chunked); the whole answer is read (up to ``MAX_AGENT_AUDIO_BYTES`` and ``max_audio_s``), then
+    queued.
 
     Raises:
         ToolError: the webhook failed, timed out, answered an error status, too much, or no text (502).
-        UnprocessableError: its answer has nothing to say.
+        UnprocessableError: its answer has nothing to say, or audio that does not decode.
+        LimitError: its audio is longer than ``max_audio_s``.
     """
     payload = {"question": message.text, "user": message.user, "platform": message.platform,
                "message_id": message.message_id, **context}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as client, \
                 client.post(url, json=payload) as response:
-            body = await response.content.read(MAX_AGENT_REPLY_BYTES + 1)
+            kind = response.content_type.lower()
+            limit = MAX_AGENT_AUDIO_BYTES if kind.startswith("audio/") else MAX_AGENT_REPLY_BYTES
+            body = await _read_up_to(response.content, limit if response.status < 400 else 200)
             if response.status >= 400:
                 raise ToolError(f"the agent webhook answered {response.status}: {body[:200]!r}")
-            if len(body) > MAX_AGENT_REPLY_BYTES:
-                raise ToolError(f"the agent webhook's answer is over {MAX_AGENT_REPLY_BYTES} bytes")
-            kind = response.content_type
+            if len(body) > limit:
+                raise ToolError(f"the agent webhook's answer is over {limit} bytes")
+            parameters = _type_parameters(response.headers.get("Content-Type", ""))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ToolError(f"the agent webhook {url} did not answer: {type(exc).__name__}: {exc}") from exc
+    if kind.startswith("audio/"):
+        return await asyncio.get_running_loop().run_in_executor(None, _agent_audio, body, kind, parameters,
+                                                                max_audio_s)
     return _agent_text(body, kind)
+
+
+async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body to its end (streamed or not), or its first ``limit + 1`` bytes when it is longer."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(1 << 16):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(parts)[: limit + 1]
+
+
+def _type_parameters(content_type: str) -> dict[str, str]:
+    """``audio/pcm; rate=24000; channels=1`` → {"rate": "24000", "channels": "1"}."""
+    pairs = (part.split("=", 1) for part in content_type.split(";")[1:] if "=" in part)
+    return {key.strip().lower(): value.strip().strip('"') for key, value in pairs}
+
+
+def _agent_audio(body: bytes, kind: str, parameters: dict[str, str], max_seconds: float) -> Speech:
+    """The speech in an agent's audio answer: raw PCM (``audio/pcm``, ``audio/L16``) or an audio file."""
+    what = "the agent webhook's audio answer"
+    if kind in ("audio/pcm", "audio/l16"):
+        try:
+            rate, channels = int(parameters["rate"]), int(parameters.get("channels", "1"))
+        except (KeyError, ValueError) as exc:
+            raise ToolError(f"{what} is {kind} without a rate: expected e.g. {kind};rate=24000") from exc
+        return decode_pcm(body, rate, channels, big_endian=kind == "audio/l16", max_seconds=max_seconds, what=what)
+    return decode_audio_file(body, max_seconds)
 
 
 def _agent_text(body: bytes, kind: str) -> str:

@@ -4,16 +4,12 @@ sessions, outputs, the script, stats and the live event feed."""
 from __future__ import annotations
 
 import asyncio
-import io
-import itertools
 import time
 
-import av
-import numpy as np
 from aiohttp import WSMsgType, web
 
-from avatar.audio import PLAYBACK_RATE_HZ
-from avatar.speech import Speech, check_text
+from avatar.speech import check_text
+from stream.audio_files import decode_audio_file
 from stream.http_common import (
     RUNTIME,
     int_param,
@@ -26,50 +22,11 @@ from stream.http_common import (
 from stream.push import PushProtocol, protocol_version
 from stream.push import serve as serve_push
 from stream.stats import stats_json
-from twincast.errors import InputError, LimitError, UnprocessableError
+from twincast.errors import InputError
 
 STATS_EVERY_S = 0.5
-MIN_FILE_RATE_HZ, MAX_FILE_RATE_HZ = 8_000, 384_000
 MAX_PUSH_MESSAGE_BYTES = 1 << 20  # one PCM packet: 10 s at 48 kHz
 MAX_EVENTS_MESSAGE_BYTES = 4096  # the events socket only sends; a client's message is answered, a big one ends it
-
-
-def decode_audio_file(payload: bytes, max_seconds: float) -> Speech:
-    """Decode any audio file PyAV reads (wav, mp3, ogg, m4a, …) to mono float at 48 kHz.
-
-    FFmpeg's resampler takes any source rate; decoding stops as soon as the audio is longer than
-    ``max_seconds``, so a small file that decodes to hours (silence compresses well) is refused before it is
-    held in memory.
-
-    Raises:
-        UnprocessableError: not decodable audio, a sample rate outside 8 kHz..384 kHz, or no samples.
-        LimitError: longer than ``max_seconds`` (413; ``max_queued_speech_s``).
-    """
-    parts: list[np.ndarray] = []
-    samples = 0
-    try:
-        with av.open(io.BytesIO(payload), mode="r") as container:
-            if not container.streams.audio:
-                raise UnprocessableError("the uploaded file has no audio stream; expected wav, mp3, ogg or m4a")
-            stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate
-            if not MIN_FILE_RATE_HZ <= rate <= MAX_FILE_RATE_HZ:
-                raise UnprocessableError(f"the uploaded audio's sample rate {rate} Hz is outside "
-                                         f"{MIN_FILE_RATE_HZ}..{MAX_FILE_RATE_HZ} Hz")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=PLAYBACK_RATE_HZ)
-            for frame in itertools.chain(container.decode(stream), [None]):  # None drains the resampler
-                for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray().reshape(-1))
-                    samples += parts[-1].size
-                if samples > max_seconds * PLAYBACK_RATE_HZ:
-                    raise LimitError(f"the uploaded audio is longer than the speech queue holds "
-                                     f"({max_seconds:g} s, max_queued_speech_s)", limit="max_queued_speech_s",
-                                     value=max_seconds, http_status=413)
-    except av.error.FFmpegError as exc:
-        raise UnprocessableError(f"the uploaded file is not decodable audio: {exc}") from exc
-    if not samples:
-        raise UnprocessableError("the uploaded audio holds no samples")
-    return Speech(np.concatenate(parts).astype(np.float32), PLAYBACK_RATE_HZ)
 
 
 async def auth_check(request: web.Request) -> web.Response:

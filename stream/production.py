@@ -8,7 +8,8 @@ waits; ``skip`` and ``back`` cut the line and move; an interrupt that the player
 Stop) holds the show. Each line's duration is estimated up front by synthesising it with the session's TTS, so
 the dashboard shows the show's clock against its plan.
 
-Answering viewers (``answer``): a FAQ answer, the producer's words, or an agent webhook's answer, queued after
+Answering viewers (``answer``): a FAQ answer, the producer's words, or an agent webhook's answer (text said in the
+twin's voice, or audio in the agent's own), queued after
 what is being said ("next") or cutting in ("now": the show's line that was cut is said again afterwards). Only
 two callers exist: the operator API (the producer's click) and ``_auto_answer``, which acts only while the show's
 ``auto_answer`` switch is on. A viewer's question is read aloud only when asked for, and only after
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from avatar.speech import check_text
+from avatar.speech import Speech, check_text
 from stream.chat import ChatDesk, ChatMessage, ask_agent, match_faq
 from stream.moderation import speakable
 from stream.overlay_art import CardContent
@@ -383,14 +384,22 @@ class Production:
         self._answering += 1
         try:
             reply = await self._reply(message, source, text, product_id, faq_index)
-            spoken = reply
+            question = ""
             if read_question:
                 extra = self.show.blocked_words if self.show else ()
                 asked = speakable(message.text, "the question", extra)
-                spoken = f"{speakable(message.user, 'the user name', extra)} asks: {asked} {reply}"
-            if when == "now":
-                self._interrupt_for_answer()
-            result = await self.session.say(spoken)
+                question = f"{speakable(message.user, 'the user name', extra)} asks: {asked}"
+            if isinstance(reply, Speech):  # the agent's own voice: the question (if read) in the twin's, then it
+                asked_speech = await self.session.tts.synthesize(question) if question else None
+                if when == "now":
+                    self._interrupt_for_answer()
+                frames = sum([await self.session.queue_speech(part) for part in (asked_speech, reply) if part])
+                result = {"queued_s": round(frames / self.session.clock.fps, 3), "generation": self.session.generation}
+                reply = f"(the agent's spoken answer, {reply.duration_s:.1f} s)"
+            else:
+                if when == "now":
+                    self._interrupt_for_answer()
+                result = await self.session.say(f"{question} {reply}" if question else reply)
         finally:
             self._answering -= 1
             self._poke.set()
@@ -398,7 +407,7 @@ class Production:
         return {**result, "answer": reply, "message": message.to_dict()}
 
     async def _reply(self, message: ChatMessage, source: str, text: str | None, product_id: str | None,
-                     faq_index: int | None) -> str:
+                     faq_index: int | None) -> str | Speech:
         if source == "faq":
             if product_id is None or faq_index is None or self.catalogue is None:
                 raise InputError('a FAQ answer needs "product" and "faq_index"')
@@ -409,7 +418,10 @@ class Production:
         if source == "agent":
             if self.show is None or not self.show.agent_url:
                 raise InputError("this session's show has no agent webhook (agent_url)")
-            answer = await ask_agent(self.show.agent_url, message, self._context())
+            answer = await ask_agent(self.show.agent_url, message, self._context(),
+                                     max_audio_s=self.session.audio_queue.max_frames / self.session.clock.fps)
+            if isinstance(answer, Speech):  # the agent spoke for itself: its words cannot be screened here
+                return answer
             return speakable(answer, "the agent's answer", self.show.blocked_words, MAX_AGENT_ANSWER_CHARS)
         if not text:
             raise InputError('an answer in your own words needs "text"')

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -320,9 +322,23 @@ def agent() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     ready = threading.Event()
     holder: dict[str, Any] = {}
 
-    async def answer(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         asked.append(body)
+        if "your own voice" in body["question"]:  # an audio file, as a voice agent's TTS would make it
+            return web.Response(body=espeak_wav("It is waterproof."), content_type="audio/wav")
+        if "stream it" in body["question"]:  # raw PCM, streamed in chunks as it is made
+            with wave.open(io.BytesIO(espeak_wav("Yes, it folds into its own pocket.")), "rb") as wav:
+                rate, pcm = wav.getframerate(), wav.readframes(wav.getnframes())
+            streamed = web.StreamResponse(headers={"Content-Type": f"audio/pcm;rate={rate}"})
+            await streamed.prepare(request)
+            for start in range(0, len(pcm), 4800):
+                await streamed.write(pcm[start : start + 4800])
+                await asyncio.sleep(0.01)
+            await streamed.write_eof()
+            return streamed
+        if "no rate" in body["question"]:
+            return web.Response(body=b"\0" * 4800, content_type="audio/pcm")
         if "rude" in body["question"]:
             return web.json_response({"text": "Well, sh1t happens."})
         return web.json_response({"text": f"Good question, {body['user']}: the {body['product']['name']} is "
@@ -366,6 +382,34 @@ def test_the_agent_webhook_answers_a_question_and_its_answer_is_screened(
     status, refused = canvas_server.post(f"/api/chat/{rude['id']}/answer", {"source": "agent"})
     assert status == 422 and "agent's answer" in refused["error"]
     wait_until_idle(canvas_server)
+
+
+def espeak_wav(text: str) -> bytes:
+    """``text`` spoken by espeak-ng, as a WAV file's bytes."""
+    return subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True, timeout=30).stdout
+
+
+def test_an_agent_may_answer_in_its_own_voice_as_a_file_or_streamed_pcm(
+        canvas_server: ServerProcess, agent: tuple[str, list[dict[str, Any]]]) -> None:
+    url, _ = agent
+    wait_until_idle(canvas_server)
+    with_agent = {**SHOW, "id": "voiced", "agent_url": url,
+                  "segments": [{"title": "Jacket", "product": "jacket", "lines": [], "elements": ["card"]}]}
+    assert canvas_server.post("/api/show/load", {"show": with_agent})[0] == 200
+    for question, words in (("answer in your own voice", "It is waterproof."),
+                            ("stream it to me", "Yes, it folds into its own pocket.")):
+        with wave.open(io.BytesIO(espeak_wav(words)), "rb") as wav:  # (espeak-ng's header gives no frame count)
+            seconds = len(wav.readframes(wav.getnframes())) / wav.getsampwidth() / wav.getframerate()
+        message = canvas_server.post("/api/chat", {"user": "kim", "text": question})[1]
+        status, answered = canvas_server.post(f"/api/chat/{message['id']}/answer", {"source": "agent"})
+        assert status == 202, answered
+        assert answered["answer"] == f"(the agent's spoken answer, {seconds:.1f} s)"
+        assert abs(answered["queued_s"] - seconds) < 0.1, (answered, seconds)  # all of it queued, none cut
+        wait_until(lambda: canvas_server.get("/api/stats")[1]["speaking"], 10, what="the agent's voice playing")
+        wait_until_idle(canvas_server)
+    message = canvas_server.post("/api/chat", {"user": "kim", "text": "pcm with no rate"})[1]
+    status, refused = canvas_server.post(f"/api/chat/{message['id']}/answer", {"source": "agent"})
+    assert status == 502 and "audio/pcm without a rate" in refused["error"], refused
 
 
 def test_product_pictures_are_checked_and_stored_as_png(canvas_server: ServerProcess) -> None:
