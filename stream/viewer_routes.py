@@ -12,7 +12,8 @@ from twincast import __version__
 from twincast.errors import NotFoundError
 
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css",
-                "show.js": "text/javascript", "show.css": "text/css", "show.html": "text/html"}
+                "show.js": "text/javascript", "show.css": "text/css", "show.html": "text/html",
+                "twins.js": "text/javascript", "twins.css": "text/css", "twins.html": "text/html"}
 
 
 @functools.cache
