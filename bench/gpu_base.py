@@ -9,6 +9,15 @@ with every variant on the GPU and scores the image metrics. The GPU machine has 
 renders come back as JPEG and ``finish`` (here) adds the lip-sync metrics (landmark and pixel) and the side-by-side
 video.
 Each phase appends its figures to ``$OUT/base_run.json`` as it ends, so a run cut short still reports.
+
+    there:  PYTHONPATH=. python -m bench.gpu_base budget CARRIED_PACK --budget 10m [--enroll-s 40]
+
+``budget`` is time to twin on a GPU, as ``twincast create --budget`` plans it: this device's seconds per step of
+each stage are measured (``model.schedule.measure_rates``), ``model.schedule.plan`` splits the budget (less the
+enrollment time measured where the pack was made, ``--enroll-s``) into the autoencoder's, teacher's, students' and
+baseline's steps at the preset's own batch sizes, and the stages run with those configs; the report holds the plan,
+each stage's wall time and the eval as ``train`` writes it (``finish`` adds lip sync here). Compare its eval with a
+``train`` run of the full schedule on the same pack.
 """
 
 from __future__ import annotations
@@ -113,6 +122,64 @@ def run_train(args: argparse.Namespace) -> None:
     report.phase("eval", lambda: score_variants(run, pack, out))
 
 
+def run_budget(args: argparse.Namespace) -> None:
+    """Time to twin on this device: the budget planned as ``twincast create`` plans it, then every stage run."""
+    from model.schedule import FixedCosts, measure_rates, parse_duration, plan, resolved_device
+
+    started = time.perf_counter()
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    scratch = Path(tempfile.mkdtemp())
+    pack_path, run = scratch / "pack", scratch / "run"
+    pack = unpack(args.carried, pack_path)
+    chosen = preset(args.preset, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top)
+    device = resolved_device("auto")
+    report = Report(out / "base_run.json", device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                    torch=torch.__version__, date=time.strftime("%Y-%m-%d"), frames=pack.meta.frame_count,
+                    crop_px=pack.meta.crop_px, args=vars(args) | {"carried": None})
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rates = measure_rates(chosen, device)
+    start, end = pack.meta.holdout
+    fixed = FixedCosts(enroll_s=args.enroll_s, frame_count=pack.meta.frame_count, holdout_frames=end - start,
+                       face_ms_per_frame=args.face_ms)
+    chosen_plan = plan(args.preset, parse_duration(args.budget), fixed, rates, device=device,
+                       overhead_s=time.perf_counter() - started)
+    report.data["plan"] = chosen_plan.to_dict()
+    report.data["measured_s"] = round(time.perf_counter() - started, 1)
+    report.save()
+    print(f"[plan] {json.dumps({stage.name: [stage.steps, round(stage.estimate_s)] for stage in chosen_plan.stages})}",
+          flush=True)
+
+    def autoencoder() -> dict[str, Any]:
+        assert chosen_plan.autoencoder is not None
+        result = train_autoencoder(pack_path, run, chosen.model, chosen_plan.autoencoder, progress=False)
+        return {"steps": result.steps, "holdout_psnr_mouth": round(result.holdout_psnr_mouth, 2)}
+
+    def trainer(config: Any) -> Callable[[], dict[str, Any]]:
+        def work() -> dict[str, Any]:
+            result = train(pack_path, run, chosen.model, config, force=True, progress=False)
+            return {"steps": config.steps, "batch": config.batch_size, "final_loss": round(result.final_loss, 5)}
+        return work
+
+    def student() -> dict[str, Any]:
+        assert chosen_plan.student is not None
+        result = distill(run, chosen_plan.student, pack_path=pack_path, force=True, progress=False)
+        return {"steps": result.steps, "final_loss": round(result.final_loss, 5)}
+
+    if chosen_plan.autoencoder is not None and not report.phase("autoencoder", autoencoder):
+        return
+    if not report.phase("teacher", trainer(chosen_plan.teacher)):
+        return
+    if chosen_plan.student is not None:
+        report.phase("student", student)
+    if chosen_plan.baseline is not None:
+        report.phase("baseline", trainer(chosen_plan.baseline))
+    report.phase("eval", lambda: score_variants(run, pack, out))
+    report.data["wall_s"] = round(time.perf_counter() - started + args.enroll_s, 1)  # with the enrollment made here
+    report.save()
+    print(f"[done] time to twin {report.data['wall_s']} s against a budget of {args.budget}", flush=True)
+
+
 def score_variants(run: Path, pack: AvatarPack, out: Path) -> dict[str, Any]:
     """Render the holdout block with each variant on this device; image metrics and ms/frame per variant."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,12 +231,19 @@ def main() -> None:
     run.add_argument("--batch", type=int, default=64)
     run.add_argument("--warmup", type=int, default=100)
     run.add_argument("--ema", type=float, default=0.995)
+    budget = commands.add_parser("budget")
+    budget.add_argument("carried", type=Path, help="the pack, as bench.pack_carry wrote it")
+    budget.add_argument("--preset", default="base", help="base; tiny-latent to try the script on a CPU")
+    budget.add_argument("--budget", default="10m", help="wall time for all of it, enrollment included")
+    budget.add_argument("--enroll-s", type=float, default=40.0, help="the enrollment's seconds where it was made")
+    budget.add_argument("--face-ms", type=float, default=0.0,
+                        help="FaceMesh ms per frame for eval's lip sync (0: it runs later, in finish)")
     finish = commands.add_parser("finish")
     finish.add_argument("results", type=Path)
     finish.add_argument("carried", type=Path)
     finish.add_argument("--video", type=Path)
     args = parser.parse_args()
-    (run_train if args.command == "train" else run_finish)(args)
+    {"train": run_train, "budget": run_budget, "finish": run_finish}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 random batches of the model's shapes, and a few renders: the cost of a step does not depend on what the pictures
 show, so this is measured in seconds, before any footage is enrolled. ``plan`` then gives the training stages
 the budget left after enrollment, eval and export (each estimated from measurements too), split between them in
-fixed shares (``SHARES``: measured by ``bench.schedule``, see BENCHMARKS.md), and scales the warm-up and the EMA
-of weights to the number of steps a stage gets.
+fixed shares (``SHARES``; ``bench.schedule`` compares other splits on the same budget), and scales the warm-up
+and the EMA of weights to the number of steps a stage gets.
 """
 
 from __future__ import annotations
