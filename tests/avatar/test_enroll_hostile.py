@@ -108,6 +108,7 @@ def test_fragments_and_noise_are_refused_with_a_reason_never_a_crash(data: st.Da
     assert not (tmp_path / "pack").exists()
 
 
+@pytest.mark.integration  # it reports on the tests above, which need the CLI chain's clip
 def test_zz_report_the_cases_tried(capsys: pytest.CaptureFixture[str]) -> None:
     assert CASES  # the tests above ran in this process
     with capsys.disabled():
