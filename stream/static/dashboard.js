@@ -141,6 +141,18 @@ async function connectPreview() {
   attach();  // an answer without one of the two tracks still shows what it has
 }
 
+// A closed or reloaded page hangs up at once (keepalive outlives the page), so its viewer slot is free now, not
+// after the server's silence timeout.
+window.addEventListener("pagehide", () => {
+  if (state.previewResource) {
+    fetch(state.previewResource, { method: "DELETE", headers: { Authorization: "Bearer " + state.token }, keepalive: true })
+      .catch(() => {});
+    state.previewResource = null;
+  }
+  if (state.preview) { state.preview.close(); state.preview = null; }
+});
+window.addEventListener("pageshow", (event) => { if (event.persisted && state.token) connectPreview(); });  // back from the cache
+
 // The preview starts muted (an operator hears the show elsewhere); "Sound on" is their choice, made with a click.
 async function playPreview() {
   const video = $("video");

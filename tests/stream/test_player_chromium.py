@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 # As OBS's Browser Source runs a page: sound may start without a gesture.
@@ -231,3 +231,22 @@ def test_without_autoplay_permission_the_page_plays_muted_until_sound_on(server:
     assert quiet < SILENCE_LEVEL and loud > SPEECH_LEVEL, (quiet, loud)
     assert not probe.value(PLAYBACK)["muted"]
     page.close()
+
+
+def _viewers(server: ServerProcess) -> int:
+    stats = server.get("/api/stats")[1]
+    return int(stats["sessions"][stats["default_session"]]["viewers"])
+
+
+@pytest.mark.parametrize("path", ["/", "/?embed=1", "/dashboard#token="])
+def test_a_page_that_goes_away_hangs_up_at_once(server: ServerProcess, obs_browser: Any, path: str) -> None:
+    # Closing or leaving the page frees its viewer slot within seconds, not after the server's 10 s silence timeout
+    # (max_viewers counts it until then).
+    wait_until(lambda: _viewers(server) == 0, 15, what="earlier pages' viewers gone")
+    page = obs_browser.new_page()
+    page.goto(server.url + path + (server.token if path.endswith("=") else ""))
+    wait_until(lambda: _viewers(server) == 1, 20, what="the page watching")
+    left = time.monotonic()
+    page.close(run_before_unload=True)
+    wait_until(lambda: _viewers(server) == 0, 15, every_s=0.1, what="the page's viewer gone")
+    assert time.monotonic() - left < 3.0  # hung up (DELETE), not dropped by the timeout
