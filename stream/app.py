@@ -2,7 +2,8 @@
 
 Routes live in one table (``ROUTES``) that both registers them and produces ``/api/openapi.json``; JSON bodies
 are checked against the same table's schemas before a handler runs. Everything under ``/api/`` except the
-OpenAPI document needs the operator's bearer token; the viewer endpoints are public unless a viewer token is set.
+OpenAPI document, and the WHIP ingest (``/whip``), needs the operator's bearer token; the viewer endpoints are
+public unless a viewer token is set.
 Operator requests are rate-limited per client address, and an address that sends ``max_auth_failures`` wrong
 tokens is locked out for a while (``stream.limits``). Errors are JSON with a 4xx/5xx status, never 200; a limit
 that was hit is named in the body with its value.
@@ -86,6 +87,11 @@ ROUTES: list[Route] = [
           body={"content": "application/sdp"}, query=(SESSION_QUERY,), responses={"201": "SDP answer"},
           errors=(503,)),
     Route("DELETE", "/whep/{viewer_id}", viewer.whep_delete, "WHEP: hang up", responses={"204": "closed"}),
+    Route("POST", "/whip", op.whip_offer, "WHIP ingest (OBS Studio 30+; the operator token as the bearer token): a "
+          "sendonly audio (Opus) and/or video (H.264, VP8) offer; the audio is the twin's live speech, the video's "
+          "head pose drives its head", body={"content": "application/sdp"}, query=(SESSION_QUERY,),
+          responses={"201": "SDP answer; Location: the WHIP session"}),
+    Route("DELETE", "/whip/{upstream_id}", op.whip_delete, "WHIP: end an ingest session", responses={"200": "ended"}),
     Route("GET", "/api/openapi.json", openapi_document, "This document"),
     Route("GET", "/api/auth", op.auth_check, "Check the bearer token"),
     Route("GET", "/api/stats", op.stats, "Health and counters of every session"),
@@ -121,9 +127,11 @@ ROUTES: list[Route] = [
           responses={"201": "created"}, errors=(503,)),
     Route("DELETE", "/api/sessions/{session_id}", op.delete_session, "Stop a session",
           responses={"204": "stopped"}),
-    Route("GET", "/api/outputs", op.list_outputs, "RTMP pushes and recordings"),
-    Route("POST", "/api/outputs", op.create_output, "Start an RTMP push or a recording",
-          body=obj(kind={"enum": ["rtmp", "record"]}, url=STRING, key=STRING, path=RECORDING, session=SESSION),
+    Route("GET", "/api/outputs", op.list_outputs, "RTMP pushes, recordings and WHIP publishes"),
+    Route("POST", "/api/outputs", op.create_output, "Start an RTMP push, a recording, or a WHIP publish (url: the "
+          "WHIP endpoint, token: its bearer token)",
+          body=obj(kind={"enum": ["rtmp", "record", "whip"]}, url=STRING, key=STRING, path=RECORDING, token=STRING,
+                   session=SESSION),
           responses={"201": "started"}),
     Route("DELETE", "/api/outputs/{output_id}", op.delete_output, "Stop an output"),
     Route("GET", "/api/script", op.get_script, "A session's script", query=(SESSION_QUERY,)),

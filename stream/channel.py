@@ -1,6 +1,6 @@
 """A channel: one live session and everything attached to it — its producer task, its video source, its script,
-its show and chat inbox (``production``), its WHEP viewers, the operator's microphone and webcam peers, and its RTMP
-pushes and recordings.
+its show and chat inbox (``production``), its WHEP viewers, the operator's microphone, webcam and WHIP ingest peers,
+and its RTMP pushes, recordings and WHIP publishes.
 
 The channel is the one owner of those: it adds and removes them, closes them all when it closes, and turns what
 they announce (the session's ``speaking``/``late``/…, a peer's state, an output's state) into event-log lines.
@@ -18,11 +18,12 @@ import time
 import uuid
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
+from aiortc.sdp import SessionDescription
 
 from stream.events import EventLog, Tally
-from stream.outputs import StreamOutput
+from stream.outputs import Output, StreamOutput
 from stream.peers import Census, Viewer, answer, close_peer, prefer_video_codec
 from stream.production import Production
 from stream.script import Script
@@ -30,10 +31,11 @@ from stream.session import Spawn, TwinSession
 from stream.stats import SessionStats
 from stream.tracks import OwnFrames, TwinAudioTrack, TwinVideoTrack
 from stream.upstream import PoseMeter, Upstream, consume_microphone, consume_webcam
+from stream.whip_output import WhipOutput
 from twincast.errors import InputError
 
 log = logging.getLogger(__name__)
-UPSTREAM_MEDIA = {"mic": "audio", "webcam": "video"}
+UPSTREAM_MEDIA = {"mic": ("audio",), "webcam": ("video",), "whip": ("audio", "video")}  # what each kind may send
 
 
 class Channel:
@@ -52,7 +54,7 @@ class Channel:
         self.production = Production(session, spawn, lambda message, level: self._note("show", message, level))
         self.viewers: dict[str, Viewer] = {}
         self.upstreams: dict[str, Upstream] = {}
-        self.outputs: dict[str, StreamOutput] = {}
+        self.outputs: dict[str, Output] = {}
         self._pose_meter: PoseMeter | None = None  # made at the first webcam, serves every later one
         self.video_source = TwinVideoTrack(session)
         self._relay = relay
@@ -141,25 +143,22 @@ class Channel:
     # --- upstream peers --------------------------------------------------------------------------------------
 
     async def add_upstream(self, kind: str, offer_sdp: str) -> tuple[str, str]:
-        """Accept the operator's microphone (``mic``) or webcam (``webcam``) offer; returns (id, answer SDP).
+        """Accept the operator's microphone (``mic``), webcam (``webcam``) or WHIP client's (``whip``: audio and/or
+        video) offer; returns (id, answer SDP). Audio becomes the twin's live speech, video drives its head.
 
         Raises:
-            InputError: an unknown kind, or an offer without that kind's media section.
+            InputError: an unknown kind, or an offer without the media that kind sends (see ``_upstream_media``).
         """
-        media = UPSTREAM_MEDIA.get(kind)
-        if media is None:
-            raise InputError(f"upstream kind {kind!r} must be one of {sorted(UPSTREAM_MEDIA)}")
-        if f"m={media}" not in offer_sdp:
-            raise InputError(f"the {kind} offer has no {media} section (m={media})")
+        media = _upstream_media(kind, offer_sdp)
         peer = self._census.new_peer()
         upstream = Upstream(uuid.uuid4().hex, kind, self.session, peer)
 
         @peer.on("track")
         def on_track(track: Any) -> None:
-            if track.kind == media:
-                consume = (consume_microphone(track, upstream) if kind == "mic" else
+            if track.kind in media:
+                consume = (consume_microphone(track, upstream) if track.kind == "audio" else
                            consume_webcam(track, upstream, self._webcam_meter()))
-                upstream.consumer = self._spawn(consume, f"{kind}-{upstream.upstream_id}")
+                upstream.consumers.append(self._spawn(consume, f"{kind}-{track.kind}-{upstream.upstream_id}"))
 
         @peer.on("connectionstatechange")
         async def on_state() -> None:
@@ -168,7 +167,7 @@ class Channel:
 
         sdp = await answer(peer, offer_sdp)
         self.upstreams[upstream.upstream_id] = upstream
-        self._note("input", f"{kind} connected")
+        self._note("input", f"{kind} connected" + (f" ({' and '.join(media)})" if kind == "whip" else ""))
         return upstream.upstream_id, sdp
 
     def _webcam_meter(self) -> PoseMeter:
@@ -182,29 +181,41 @@ class Channel:
         if upstream is None:
             return False
         await close_peer(upstream.peer)
-        if upstream.consumer is not None:
-            upstream.consumer.cancel()
-            await asyncio.gather(upstream.consumer, return_exceptions=True)
+        for consumer in upstream.consumers:
+            consumer.cancel()
+        await asyncio.gather(*upstream.consumers, return_exceptions=True)
         self._note("input", f"{upstream.kind} disconnected")
         return True
 
     # --- outputs ---------------------------------------------------------------------------------------------
 
-    def add_output(self, kind: str, target: str) -> StreamOutput:
-        """Start pushing the session to RTMP or recording it to MP4.
+    def add_output(self, kind: str, target: str, token: str | None = None) -> Output:
+        """Start pushing the session to RTMP, recording it to MP4, or publishing it to a WHIP endpoint (``target``
+        its URL, ``token`` its bearer token if it wants one).
 
         Raises:
-            InputError: a bad kind or target (see ``outputs.check_target``).
+            InputError: a bad kind or target (see ``outputs.check_target``, ``whip_output.check_whip_url``).
         """
-        video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
-        output = StreamOutput(uuid.uuid4().hex[:12], self.session_id, kind, target, video, TwinAudioTrack(self.session),
-                              self.session.frame_size, self.session.clock.fps, on_state=self._output_state)
+        output: Output
+        output_id = uuid.uuid4().hex[:12]
+        if kind == "whip":
+            output = WhipOutput(output_id, self.session_id, target, token, tracks=self._output_tracks,
+                                new_peer=self._census.new_peer, on_state=self._output_state)
+        else:
+            video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
+            output = StreamOutput(output_id, self.session_id, kind, target, video, TwinAudioTrack(self.session),
+                                  self.session.frame_size, self.session.clock.fps, on_state=self._output_state)
         output.start(self._spawn)
         self.outputs[output.output_id] = output
         self._note("output", f"{kind} output started: {output.describe()['target']}")
         return output
 
-    def _output_state(self, output: StreamOutput) -> None:
+    def _output_tracks(self) -> tuple[MediaStreamTrack, MediaStreamTrack]:
+        """A WHIP publish's tracks for one connection: the relayed video (a copy of each frame of its own, as a
+        viewer's) and an audio track of its own."""
+        return OwnFrames(self._census.subscribe(self._relay, self.video_source)), TwinAudioTrack(self.session)
+
+    def _output_state(self, output: Output) -> None:
         if output.output_id not in self.outputs:
             return  # stopped on purpose: remove_output says so
         described = output.describe()
@@ -213,7 +224,7 @@ class Channel:
         level = {"reconnecting": "warning", "failed": "error"}.get(output.state, "info")
         self._note("output", message, level)
 
-    async def remove_output(self, output_id: str) -> StreamOutput | None:
+    async def remove_output(self, output_id: str) -> Output | None:
         """Stop an output (finishing a recording); None when this channel has no such output."""
         output = self.outputs.pop(output_id, None)
         if output is None:
@@ -246,11 +257,48 @@ class Channel:
         self.session.remove_all_listeners()
 
     def peers(self) -> list[RTCPeerConnection]:
-        """Every open peer connection of this channel (viewers and upstreams)."""
-        return [viewer.peer for viewer in self.viewers.values()] + [up.peer for up in self.upstreams.values()]
+        """Every open peer connection of this channel (viewers, upstreams and WHIP publishes)."""
+        publishing = [output.peer for output in self.outputs.values()
+                      if isinstance(output, WhipOutput) and output.peer is not None]
+        return [viewer.peer for viewer in self.viewers.values()] + [up.peer for up in self.upstreams.values()] + \
+            publishing
 
     def stats(self) -> SessionStats:
         """The session's timeline figures plus its viewers, inputs and outputs."""
         return {**self.session.stats(), "viewers": len(self.viewers),
                 "outputs": [output.describe() for output in self.outputs.values()],
                 "upstreams": [upstream.describe() for upstream in self.upstreams.values()]}
+
+
+def _upstream_media(kind: str, offer_sdp: str) -> tuple[str, ...]:
+    """The media an upstream of ``kind`` takes from ``offer_sdp`` (a parseable offer: ``http_common.check_sdp``).
+
+    A microphone's offer needs an audio section and a webcam's a video one. A WHIP client's needs one audio and/or
+    one video section, each sending (sendonly or sendrecv): the twin speaks with the one and moves its head with
+    the other.
+
+    Raises:
+        InputError: an unknown kind, or an offer without (or with more than one of) what that kind sends.
+    """
+    wanted = UPSTREAM_MEDIA.get(kind)
+    if wanted is None:
+        raise InputError(f"upstream kind {kind!r} must be one of {sorted(UPSTREAM_MEDIA)}")
+    sections = SessionDescription.parse(offer_sdp).media
+    if kind != "whip":
+        if not any(section.kind == wanted[0] for section in sections):
+            raise InputError(f"the {kind} offer has no {wanted[0]} section (m={wanted[0]})")
+        return wanted
+    found = [section.kind for section in sections if section.kind in wanted]
+    if not found:
+        raise InputError("the WHIP offer has no audio or video section (m=audio, m=video); expected one sendonly "
+                         "audio (Opus) and/or one sendonly video (H.264 or VP8) section, as OBS Studio sends")
+    for media in wanted:
+        if found.count(media) > 1:
+            raise InputError(f"the WHIP offer has {found.count(media)} {media} sections; expected at most one audio "
+                             "and one video section")
+    for section in sections:
+        direction = section.direction or "sendrecv"  # SDP's default
+        if section.kind in wanted and direction not in ("sendonly", "sendrecv"):
+            raise InputError(f"the WHIP offer's m={section.kind} section is {direction}; a WHIP client "
+                             "sends its media (a=sendonly)")
+    return tuple(media for media in wanted if media in found)  # audio first, whatever the offer's order

@@ -40,8 +40,9 @@ PUBLIC_API = ("/api/openapi.json",)
 
 
 def needs_operator(path: str) -> bool:
-    """The auth rule: everything under ``/api/`` but the OpenAPI document needs the operator's bearer token."""
-    return path.startswith("/api/") and path not in PUBLIC_API
+    """The auth rule: everything under ``/api/`` but the OpenAPI document, and the WHIP ingest (``/whip``: a WHIP
+    client such as OBS sends the token as its bearer token), needs the operator's bearer token."""
+    return (path.startswith("/api/") and path not in PUBLIC_API) or path == "/whip" or path.startswith("/whip/")
 
 
 def needs_viewer(path: str) -> bool:

@@ -1,5 +1,5 @@
-"""Operator endpoints (all under ``/api/``, behind the operator token): speech, barge-in, inputs, pose,
-sessions, outputs, the script, stats and the live event feed."""
+"""Operator endpoints (all under ``/api/``, and the WHIP ingest at ``/whip``, behind the operator token): speech,
+barge-in, inputs, pose, sessions, outputs, the script, stats and the live event feed."""
 
 from __future__ import annotations
 
@@ -163,6 +163,22 @@ async def upstream_delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def whip_offer(request: web.Request) -> web.Response:
+    """WHIP ingest (RFC 9725, as OBS Studio 30+ sends it): an SDP offer with a sendonly audio and/or video track
+    in, ``201`` with the answer and the WHIP session's ``Location`` out. The audio becomes the twin's live speech
+    and the video's head pose drives its head, exactly as the microphone and the webcam upstreams do."""
+    offer = await read_sdp(request)
+    upstream_id, answer = await request.app[RUNTIME].add_upstream("whip", offer, request.query.get("session"))
+    return web.Response(status=201, text=answer, content_type="application/sdp",
+                        headers={"Location": f"/whip/{upstream_id}"})
+
+
+async def whip_delete(request: web.Request) -> web.Response:
+    """WHIP: end an ingest session (``200``, as RFC 9725 has it)."""
+    await request.app[RUNTIME].remove_upstream(request.match_info["upstream_id"])
+    return web.Response(status=200)
+
+
 async def pose(request: web.Request) -> web.Response:
     """Choose the pose driver: the footage loop, a still frame, or a scripted pose."""
     body = await read_json(request)
@@ -210,23 +226,31 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def list_outputs(request: web.Request) -> web.Response:
-    """RTMP pushes and recordings, with their state (stream keys masked), and where recordings go."""
+    """RTMP pushes, recordings and WHIP publishes, with their state (stream keys and tokens masked), and where
+    recordings go."""
     runtime = request.app[RUNTIME]
     return web.json_response({"outputs": [o.describe() for o in runtime.outputs()],
                               "recordings_dir": str(runtime.config.recordings_dir.resolve())})
 
 
+OUTPUT_TARGET = {"rtmp": "url", "record": "path", "whip": "url"}  # the field that names each kind's target
+
+
 async def create_output(request: web.Request) -> web.Response:
-    """Start an RTMP push (``url``, optionally ``key``) or an MP4 recording (``path``)."""
+    """Start an RTMP push (``url``, optionally ``key``), an MP4 recording (``path``) or a WHIP publish (``url``,
+    optionally ``token``)."""
     body = await read_json(request)
     kind = optional_str(body, "kind") or "rtmp"
-    target = optional_str(body, "url") if kind == "rtmp" else optional_str(body, "path")
+    target = optional_str(body, OUTPUT_TARGET.get(kind, "url"))
     if not target:
-        raise InputError('an rtmp output needs "url"; a record output needs "path"')
-    key = optional_str(body, "key")
+        raise InputError('an rtmp output needs "url"; a record output needs "path"; a whip output needs "url"')
+    key, token = optional_str(body, "key"), optional_str(body, "token")
     if kind == "rtmp" and key:
         target = target.rstrip("/") + "/" + key
-    output = request.app[RUNTIME].add_output(kind, target, optional_str(body, "session"))
+    if token is not None and kind != "whip":
+        raise InputError(f'"token" is for whip outputs (the WHIP endpoint\'s bearer token); a {kind} output takes '
+                         'none')
+    output = request.app[RUNTIME].add_output(kind, target, optional_str(body, "session"), token=token)
     return web.json_response(output.describe(), status=201)
 
 

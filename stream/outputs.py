@@ -8,8 +8,9 @@ to ``MAX_FILL_S``), so editors and ingests see 25 fps, not a variable rate. An R
 child process (``stream.rtmp_push``), so an ingest that never answers can only stall that child, never the server;
 when the ingest goes away, does not answer within 10 s or stops taking data, the thread reconnects with
 exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for
-``STABLE_LIVE_S``). It is ``live`` only once connected (the header written), so an ingest that refuses connections
-shows ``reconnecting`` throughout.
+``STABLE_LIVE_S``; ``Backoff``). It is ``live`` only once connected (the header written), so an ingest that refuses
+connections shows ``reconnecting`` throughout. A WHIP publish (``stream.whip_output``) is an ``Output`` too, and
+backs off the same way.
 
 Recordings are fragmented MP4 (``stream.fmp4``) written to a hidden temporary file (``.recording-*.mp4``) and
 renamed to their name when they stop. When writing fails (a full disk) the recording stops with state ``failed``
@@ -32,10 +33,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack
@@ -43,6 +44,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from stream.fmp4 import FRAGMENTED_MP4_OPTIONS, whole_fragments_bytes
 from stream.rtmp_push import RtmpPusher
+from stream.session import Spawn
 from stream.stats import OutputStats
 from twincast.errors import InputError
 
@@ -60,14 +62,62 @@ MAX_RECORDING_DEPTH = 4
 RECORDING_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def mask_key(key: str) -> str:
+    """A secret (a stream key, a bearer token) hidden but for its last 4 characters (all of it when short)."""
+    return "*" * 8 + (key[-4:] if len(key) > 8 else "")
+
+
 def mask_url(url: str) -> str:
     """An RTMP URL with its stream key hidden (all but the last 4 characters), safe for logs and responses."""
     match = re.match(r"^(rtmps?://[^?#]*/)([^/?#]+)(.*)$", url)
     if not match:
         return url
     prefix, key, rest = match.groups()
-    visible = key[-4:] if len(key) > 8 else ""
-    return f"{prefix}{'*' * 8}{visible}{'?…' if rest else ''}"
+    return f"{prefix}{mask_key(key)}{'?…' if rest else ''}"
+
+
+class Output(Protocol):
+    """What a channel holds of each output: an RTMP push or a recording (``StreamOutput``), or a WHIP publish
+    (``stream.whip_output.WhipOutput``)."""
+
+    output_id: str
+    session_id: str
+    kind: str
+    state: str
+    error: str | None
+
+    def describe(self) -> OutputStats:
+        """For the API and stats, secrets masked."""
+        ...
+
+    def start(self, spawn: Spawn) -> None:
+        """Start sending (its tasks made by ``spawn``)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop sending and release what it holds."""
+        ...
+
+
+class Backoff:
+    """The wait before each reconnect of a push: 1 s, doubling to ``MAX_BACKOFF_S``; from 1 s again once a
+    connection has been live for ``STABLE_LIVE_S`` (it had recovered)."""
+
+    def __init__(self) -> None:
+        self._next_s = 1.0
+        self._live_since: float | None = None
+
+    def live(self) -> None:
+        """A connection is up (it is live from now)."""
+        self._live_since = time.monotonic()
+
+    def failed(self) -> float:
+        """A connection failed or could not be made: the seconds to wait before the next try."""
+        if self._live_since is not None and time.monotonic() - self._live_since >= STABLE_LIVE_S:
+            self._next_s = 1.0
+        self._live_since = None
+        wait_s, self._next_s = self._next_s, min(self._next_s * 2, MAX_BACKOFF_S)
+        return wait_s
 
 
 def recording_path(name: str, recordings_dir: Path) -> Path:
@@ -141,7 +191,7 @@ def check_target(kind: str, target: str) -> str:
         if path.exists():
             raise InputError(f"recording {target} already exists; choose a new file name")
         return str(path)
-    raise InputError(f"output kind {kind!r} must be 'rtmp' or 'record'")
+    raise InputError(f"output kind {kind!r} must be 'rtmp', 'record' or 'whip'")
 
 
 def describe_write_error(exc: BaseException) -> str:
@@ -180,7 +230,7 @@ class StreamOutput:
         self._thread = threading.Thread(target=self._run, name=f"twincast-output-{output_id}", daemon=True)
         self._readers: list[asyncio.Task[Any]] = []
         self._scratch: Path | None = None  # the recording's temporary file while it is written
-        self._live_since: float | None = None  # monotonic time the current connection or file was opened
+        self._backoff = Backoff()  # told when the current connection or file was opened
         self._on_state = on_state  # called on the event loop after each state change
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -198,7 +248,7 @@ class StreamOutput:
                 "video_frames": self.video_frames, "audio_frames": self.audio_frames, "dropped": self.dropped,
                 "repeated": self.repeated}
 
-    def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]) -> None:
+    def start(self, spawn: Spawn) -> None:
         """Start the encoder thread and the two track readers (as tasks made by ``spawn``)."""
         self._loop = asyncio.get_running_loop()
         self._thread.start()
@@ -248,7 +298,6 @@ class StreamOutput:
     # --- encoder thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff_s = 1.0
         while not self._stop.is_set():
             try:
                 self._stream_once()
@@ -257,9 +306,7 @@ class StreamOutput:
                 if self.kind == "record":
                     self._recording_failed(exc)
                     return
-                if self._live_since is not None and time.monotonic() - self._live_since >= STABLE_LIVE_S:
-                    backoff_s = 1.0  # it had recovered: a new outage backs off from the start again
-                self._live_since = None
+                backoff_s = self._backoff.failed()
                 message = self._scrub(str(exc))
                 self.reconnects += 1
                 self._set_state("reconnecting", message)
@@ -269,7 +316,6 @@ class StreamOutput:
                 while time.monotonic() < deadline and not self._stop.is_set():
                     with contextlib.suppress(queue.Empty):
                         self._queue.get(timeout=0.1)  # drop frames while disconnected: latency must not grow
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
         if self.state != "failed":
             self._set_state("stopped", self.error)
 
@@ -302,7 +348,7 @@ class StreamOutput:
 
     def _went_live(self) -> None:
         """The ingest took the header (called on the push's monitor thread)."""
-        self._live_since = time.monotonic()
+        self._backoff.live()
         self._set_state("live")
 
     def _encode(self, destination: str | IO[bytes], container_format: str, options: dict[str, str], *,
@@ -327,7 +373,7 @@ class StreamOutput:
             audio.bit_rate = AUDIO_BITRATE
             container.start_encoding()  # opens the file (or the pipe to the push) and writes the header
             if announce:
-                self._live_since = time.monotonic()
+                self._backoff.live()
                 self._set_state("recording" if self.kind == "record" else "live")
             self._pump(container, video, audio)
             for packet in video.encode(None):

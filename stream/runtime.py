@@ -26,7 +26,7 @@ from stream.channel import Channel
 from stream.clock import MediaClock
 from stream.config import ServeConfig
 from stream.events import EventLog
-from stream.outputs import StreamOutput, recording_path
+from stream.outputs import Output, recording_path
 from stream.peers import Census
 from stream.render_worker import RenderWorker
 from stream.script import Script
@@ -239,7 +239,7 @@ class TwinRuntime:
         raise NotFoundError(f"no WHEP viewer {viewer_id!r}")
 
     async def add_upstream(self, kind: str, offer_sdp: str, session_id: str | None = None) -> tuple[str, str]:
-        """Accept the operator's microphone or webcam offer for a session; returns (id, answer SDP)."""
+        """Accept the operator's microphone, webcam or WHIP ingest offer for a session; returns (id, answer SDP)."""
         return await self.channel(session_id).add_upstream(kind, offer_sdp)
 
     async def remove_upstream(self, upstream_id: str) -> None:
@@ -253,19 +253,21 @@ class TwinRuntime:
                 return
         raise NotFoundError(f"no upstream {upstream_id!r}")
 
-    def add_output(self, kind: str, target: str, session_id: str | None = None) -> StreamOutput:
-        """Start pushing a session to RTMP, or recording it to MP4 under ``config.recordings_dir`` (``target``
-        names the file inside it: see ``outputs.recording_path``)."""
+    def add_output(self, kind: str, target: str, session_id: str | None = None, *,
+                   token: str | None = None) -> Output:
+        """Start pushing a session to RTMP, recording it to MP4 under ``config.recordings_dir`` (``target``
+        names the file inside it: see ``outputs.recording_path``), or publishing it to a WHIP endpoint (``target``
+        its URL, ``token`` its bearer token)."""
         channel = self.channel(session_id)
         if kind == "record":
             target = str(recording_path(target, self.config.recordings_dir))
-        return channel.add_output(kind, target)
+        return channel.add_output(kind, target, token)
 
-    def outputs(self) -> list[StreamOutput]:
+    def outputs(self) -> list[Output]:
         """Every running output, session by session."""
         return [output for channel in self.channels.values() for output in channel.outputs.values()]
 
-    async def remove_output(self, output_id: str) -> StreamOutput:
+    async def remove_output(self, output_id: str) -> Output:
         """Stop an output (finishing a recording), whichever session it belongs to.
 
         Raises:

@@ -6,7 +6,7 @@ the render worker its calls, the runtime the whole.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from engines.base import EngineInfo
 
@@ -28,7 +28,7 @@ class PoseStats(TypedDict):
 
 
 class OutputStats(TypedDict):
-    """An RTMP push or a recording (the stream key masked)."""
+    """An RTMP push, a recording or a WHIP publish (the stream key and the WHIP bearer token masked)."""
 
     id: str
     session: str
@@ -42,6 +42,7 @@ class OutputStats(TypedDict):
     audio_frames: int
     dropped: int
     repeated: int
+    token: NotRequired[str | None]  # a WHIP publish's bearer token, masked (None when it has none)
 
 
 class UpstreamStats(TypedDict):

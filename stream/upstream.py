@@ -1,10 +1,12 @@
-"""Upstream WebRTC peers: the operator's microphone (their own voice) and webcam (puppeteering the head).
+"""Upstream WebRTC peers: the operator's microphone (their own voice) and webcam (puppeteering the head), from
+the dashboard, or both in one peer from a WHIP client such as OBS Studio (``POST /whip``).
 
-Each is answered like a WHIP ingest: the browser offers a sendonly track, the server answers and consumes it.
-The microphone feeds the session's audio as a live input; the webcam's head pose (FaceMesh + solvePnP, in a
-worker thread, dropping frames while one is being measured) drives the session's pose. The FaceMesh graph and
-its thread (``PoseMeter``) belong to the channel and serve each webcam that connects to it: a graph made and
-closed per connection left about 130 kB behind each time (measured by the upstream churn test).
+Each is answered like a WHIP ingest: the client offers sendonly tracks, the server answers and consumes them.
+An audio track (the microphone's, or a WHIP client's) feeds the session's audio as a live input; a video track's
+head pose (FaceMesh + solvePnP, in a worker thread, dropping frames while one is being measured) drives the
+session's pose. The FaceMesh graph and its thread (``PoseMeter``) belong to the channel and serve each webcam that
+connects to it: a graph made and closed per connection left about 130 kB behind each time (measured by the
+upstream churn test).
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ class Upstream:
     """One upstream peer and what it has delivered."""
 
     upstream_id: str
-    kind: str  # "mic" or "webcam"
+    kind: str  # "mic", "webcam" or "whip" (audio, video or both)
     session: TwinSession
     peer: RTCPeerConnection
     frames: int = 0
     measured: int = 0
     errors: int = 0
     started_at: float = field(default_factory=time.monotonic)
-    consumer: asyncio.Task[None] | None = None  # reads the track; ends with it
+    consumers: list[asyncio.Task[None]] = field(default_factory=list)  # one per track read; each ends with it
 
     def describe(self) -> UpstreamStats:
         """For stats and the API."""
