@@ -186,5 +186,10 @@ def _no_leftover_workers() -> Iterator[None]:
     yield
     import subprocess
 
-    left = subprocess.run(["pgrep", "-f", "twincast.cli create"], capture_output=True, text=True, check=False)
-    assert not left.stdout.strip(), f"a training worker outlived its server: {left.stdout}"
+    def workers() -> str:
+        return subprocess.run(["pgrep", "-f", "twincast.cli create"], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    # A stopped server's worker is told to stop (SIGTERM, or its parent-death signal); at the lowest CPU priority
+    # on a busy machine it may take a few seconds to be scheduled and exit, but it must not stay.
+    wait_until(lambda: not workers(), 30, every_s=0.5, what="no training worker outliving its server")

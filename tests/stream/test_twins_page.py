@@ -153,7 +153,8 @@ def test_an_operator_makes_a_twin_from_a_video_and_puts_it_live(twins_server: Se
     network.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
                                                       "uploadThroughput": -1})
     assert page.locator("#twin-upload-bar").evaluate("bar => bar.value") == 1
-    assert page.locator("#twin-title").text_content() == "hopper"  # the new job is selected at once
+    page.wait_for_function("document.getElementById('twin-title').textContent === 'hopper'",
+                           timeout=10_000)  # the new job is selected (on the page's next look at the jobs)
 
     # Follow the page (not the API) to the end: the stage it names, the bar, the preview.
     seen: list[dict[str, Any]] = []
