@@ -23,7 +23,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import SessionDescription
 
 from stream.events import EventLog, Tally
-from stream.outputs import Output, StreamOutput
+from stream.outputs import Output, StreamOutput, check_target
 from stream.peers import Census, Viewer, answer, close_peer, prefer_video_codec
 from stream.production import Production
 from stream.script import Script
@@ -202,6 +202,7 @@ class Channel:
             output = WhipOutput(output_id, self.session_id, target, token, tracks=self._output_tracks,
                                 new_peer=self._census.new_peer, on_state=self._output_state)
         else:
+            target = check_target(kind, target)  # before subscribing: a refused target leaves no subscription
             video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
             output = StreamOutput(output_id, self.session_id, kind, target, video, TwinAudioTrack(self.session),
                                   self.session.frame_size, self.session.clock.fps, on_state=self._output_state)
