@@ -61,7 +61,8 @@ REPLY_TYPES = {"ready", "started", "queued", "interrupted", "status", "error"}
 # --- material: real offers, real audio ----------------------------------------------------------------------------
 
 def real_offers() -> dict[str, str]:
-    """Offers an aiortc peer makes: a WHEP viewer's (recvonly), a microphone's and a webcam's (sendonly)."""
+    """Offers an aiortc peer makes: a WHEP viewer's (recvonly), a microphone's, a webcam's and a WHIP sender's
+    (sendonly)."""
     async def offer(*transceivers: tuple[str, str]) -> str:
         peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         for kind, direction in transceivers:
@@ -73,7 +74,8 @@ def real_offers() -> dict[str, str]:
 
     async def all_three() -> dict[str, str]:
         return {"whep": await offer(("video", "recvonly"), ("audio", "recvonly")),
-                "mic": await offer(("audio", "sendonly")), "webcam": await offer(("video", "sendonly"))}
+                "mic": await offer(("audio", "sendonly")), "webcam": await offer(("video", "sendonly")),
+                "whip": await offer(("audio", "sendonly"), ("video", "sendonly"))}
 
     return {kind: fixed(sdp) for kind, sdp in asyncio.run(all_three()).items()}
 
@@ -287,10 +289,10 @@ def test_an_offer_is_refused_by_name_or_answered_never_crashing_the_answer(kind_
         assert "SDP offer" in str(exc) or "negotiation" in str(exc), exc
 
 
-@pytest.mark.parametrize("endpoint", ["/whep", "/api/mic", "/api/webcam"])
+@pytest.mark.parametrize("endpoint", ["/whep", "/api/mic", "/api/webcam", "/whip"])
 def test_offers_cut_short_or_mangled_are_refused_with_400(hostile: ServerProcess, watcher: Watcher,
                                                           endpoint: str) -> None:
-    offer = OFFERS["whep" if endpoint == "/whep" else endpoint.removeprefix("/api/")]
+    offer = OFFERS[endpoint.removeprefix("/").removeprefix("api/")]
 
     @settings(FUZZ, max_examples=25)
     @given(sdp_bodies(offer))
@@ -299,7 +301,7 @@ def test_offers_cut_short_or_mangled_are_refused_with_400(hostile: ServerProcess
         status, headers, payload = post_bytes(hostile, endpoint, body, "application/sdp")
         assert_clear_error(status, payload, endpoint)
         if status == 201:  # a cut that left a whole offer: the server answered it; hang up
-            assert http("DELETE", hostile.url + headers["Location"], headers=hostile.auth)[0] == 204
+            assert http("DELETE", hostile.url + headers["Location"], headers=hostile.auth)[0] in (200, 204)
 
     post()
     assert post_bytes(hostile, endpoint, offer.encode(), "text/plain")[0] == 400
