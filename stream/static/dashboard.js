@@ -388,6 +388,14 @@ $("rtmp-form").onsubmit = (event) => {
     $("rtmp-key").value = "";
   });
 };
+$("whip-form").onsubmit = (event) => {
+  event.preventDefault();
+  attempt(async () => {
+    await api("POST", "/api/outputs", { session: state.session, kind: "whip", url: $("whip-url").value.trim(),
+                                         token: $("whip-token").value.trim() || undefined });
+    $("whip-token").value = "";
+  });
+};
 $("record-form").onsubmit = (event) => {
   event.preventDefault();
   attempt(() => api("POST", "/api/outputs", { session: state.session, kind: "record", path: $("record-path").value.trim() }));

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from stream.app import ROUTES, create_app
 from stream.config import ServeConfig
 from stream.runtime import TwinRuntime
 from stream.session import Twin
-from tests.helpers import ServerProcess, http
+from tests.helpers import ServerProcess, http, wait_until
 from tests.stream.test_player_chromium import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -239,3 +240,33 @@ def test_the_preview_is_muted_until_sound_on_and_the_button_says_which(server: S
         page.wait_for_function("document.getElementById('sound').textContent === 'Mute'", timeout=5_000)
     finally:
         chromium.close()
+
+
+def test_the_dashboard_publishes_to_a_whip_endpoint_and_stops_it(server: ServerProcess, browser) -> None:  # type: ignore[no-untyped-def]
+    from tests.stream.test_whip import WhipEndpoint
+
+    loop = asyncio.new_event_loop()  # the endpoint's own loop, in a thread, beside Playwright's synchronous calls
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    endpoint = WhipEndpoint("dashboard-endpoint-token")
+    asyncio.run_coroutine_threadsafe(endpoint.start(), loop).result(10)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    try:
+        page.goto(f"{server.url}/dashboard#token={server.token}")
+        page.wait_for_function("document.getElementById('live').textContent === 'live'", timeout=20_000)
+        page.fill("#whip-url", endpoint.url)
+        page.fill("#whip-token", endpoint.token)
+        page.click("#whip-form button")
+        row = f"[...document.querySelectorAll('#outputs li')].find(li => li.textContent.includes('{endpoint.url}'))"
+        page.wait_for_function(f"{row} && {row}.querySelector('.badge').textContent === 'live'", timeout=20_000)
+        assert page.input_value("#whip-token") == ""  # the token does not stay in the form
+        wait_until(lambda: len(endpoint.media.video_pts) >= 25, 20, what="the endpoint receiving the twin")
+        page.evaluate(f"{row}.querySelector('button').click()")
+        wait_until(lambda: endpoint.deleted, 10, what="the dashboard's Stop hanging up (DELETE)")
+        page.wait_for_function(f"!{row}", timeout=10_000)
+        assert endpoint.token not in page.content()  # masked on the page as in the API
+    finally:
+        page.close()
+        asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
