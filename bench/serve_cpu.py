@@ -1,6 +1,9 @@
-"""Measure a live twin's render rate and CPU use: `twincast demo` (or serve) with 0 and 1 WHEP viewers.
+"""Measure a live twin's render rate and CPU use: `twincast demo` (or serve) with 0, 1, … WHEP viewers.
 
-Run:  .venv/bin/python -m bench.serve_cpu [--seconds 20] [--model RUN_OR_ONNX --avatar PACK]
+Run:  .venv/bin/python -m bench.serve_cpu [--seconds 20] [--viewers 0,1] [--model RUN_OR_ONNX --avatar PACK]
+
+With several viewers the server's CPU per extra viewer is what each viewer's own encoders (VP8 and Opus, one pair
+per viewer in aiortc) cost; the viewers all decode in this process, on the same cores.
 
 The server runs as its own process; its CPU time is read from /proc. The viewer (an aiortc WHEP client that
 decodes VP8 and Opus) runs in this process, so its CPU cost is reported separately.
@@ -41,8 +44,12 @@ def measure(server: ServerProcess, seconds: float, viewers: int) -> dict[str, An
     client0 = resource.getrusage(resource.RUSAGE_SELF)
     frames = 0
     if viewers:
-        media = asyncio.run(pull(server.url, seconds, keep_video=1))
-        frames = len(media.video_pts)
+        async def watch() -> list[int]:
+            pulled = await asyncio.gather(*(pull(server.url, seconds, keep_video=1) for _ in range(viewers)))
+            return [len(media.video_pts) for media in pulled]
+
+        counts = asyncio.run(watch())
+        frames = min(counts)
     else:
         time.sleep(seconds)
     wall = time.monotonic() - wall0
@@ -62,7 +69,7 @@ def measure(server: ServerProcess, seconds: float, viewers: int) -> dict[str, An
         "render_ms_p99": stats["render_ms_p99"],
         "late_frames": stats["late_frames"] - start_stats["late_frames"],
         "repeated_frames": stats["repeated_frames"] - start_stats["repeated_frames"],
-        "received_fps": round(frames / seconds, 2) if viewers else None,
+        "received_fps": round(frames / seconds, 2) if viewers else None,  # the slowest viewer's
         "engine": stats["engine"]["engine"],
     }
 
@@ -70,13 +77,14 @@ def measure(server: ServerProcess, seconds: float, viewers: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--viewers", default="0,1", help="viewer counts to measure, e.g. 0,1,2,4")
     parser.add_argument("--model", help="serve this artifact instead of the demo")
     parser.add_argument("--avatar", help="with --model: the avatar pack")
     args = parser.parse_args()
     command = ["serve", "--model", args.model, "--avatar", args.avatar] if args.model else ["demo"]
     with ServerProcess(*command, "--port", "0", "-q") as server:
         time.sleep(3.0)  # let warm-up effects settle
-        rows = [measure(server, args.seconds, viewers) for viewers in (0, 1)]
+        rows = [measure(server, args.seconds, int(viewers)) for viewers in args.viewers.split(",")]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     print(json.dumps(report, indent=1))
