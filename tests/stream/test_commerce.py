@@ -307,8 +307,14 @@ def test_nothing_a_viewer_wrote_is_spoken_without_a_click_or_the_auto_answer_swi
     assert all(messages[i]["state"] == "new" for i in ids)  # what came while it was off stays unspoken
     stats = canvas_server.get("/api/stats")[1]
     assert stats["interrupts"] == before["interrupts"]
-    speech = [e for e in canvas_server.get("/api/log")[1]["events"]
-              if e["at"] >= asked_at and e["kind"] == "speech" and e["message"] == "speaking"]
+
+    def stretches() -> list[dict[str, Any]]:  # "speaking" is logged when the speech plays out, after it is queued
+        return [e for e in canvas_server.get("/api/log")[1]["events"]
+                if e["at"] >= asked_at and e["kind"] == "speech" and e["message"] == "speaking"]
+
+    wait_until(stretches, 10, every_s=0.1, what="the auto-answer playing out")
+    wait_until_idle(canvas_server)
+    speech = stretches()
     assert len(speech) == 1, speech  # one stretch of speech since the questions came: the auto-answer
     assert http("PUT", canvas_server.url + "/api/show/auto_answer", {"enabled": False},
                 headers=canvas_server.auth)[0] == 200
