@@ -207,7 +207,8 @@ def main() -> None:
     parse_duration(budget)  # refuses a malformed one before anything runs
     clip = footage(args.cache)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "mode": args.mode, "size": args.size,
-                              "budget": budget, "machine": machine(), "command": " ".join(sys.argv)}
+                              "budget": budget, "machine": machine(),
+                              "command": " ".join([".venv/bin/python -m bench.time_to_twin", *sys.argv[1:]])}
     if args.mode == "create":
         report.update(run_create(clip, args.cache / "time-to-twin", args.size, budget))
     else:

@@ -250,9 +250,11 @@ def test_the_dashboard_flags_a_degraded_session(flaky: tuple[ServerProcess, Path
                                    "li.textContent.includes('InjectedEngineFault'))")
             page.wait_for_function("[...document.querySelectorAll('#events li.warning')].some(li => "
                                    "li.textContent.includes('degraded: the engine failed'))")
+            assert page.is_visible("#h-degraded")  # the badge an operator sees, with the reason in the warnings
             keep_screenshot(page, "dashboard-degraded.png")
             control.unlink()
             page.wait_for_selector("#h-degraded", state="hidden", timeout=10_000)
+            assert not page.is_visible("#h-degraded")
             page.wait_for_function("[...document.querySelectorAll('#events li')].some(li => "
                                    "li.textContent.includes('recovered: rendering again'))")
             page.close()
