@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 PIPECAT := integrations/pipecat
 PIPECAT_VENV := .venv-pipecat
 PIPECAT_STAMP := $(PIPECAT_VENV)/.installed-$(shell cat $(PIPECAT)/pyproject.toml $(PIPECAT)/constraints.txt | sha256sum | cut -c1-12)
-DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core nginx libnginx-mod-rtmp
+DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core nginx libnginx-mod-rtmp janus coturn
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck unit system-deps install pipecat-venv pipecat-example demo-model bench clean
@@ -49,7 +49,7 @@ pipecat-example: system-deps install pipecat-venv
 # Debian packages the demo and the tests use; installed only when missing and only when run as root.
 system-deps:
 	@missing=""; \
-	for cmd in espeak-ng ffmpeg chromium docker-compose nginx; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	for cmd in espeak-ng ffmpeg chromium docker-compose nginx janus turnserver; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
