@@ -10,6 +10,7 @@ from twincast.errors import InputError
 
 POSE_DRIVER_NAMES = ("loop", "still")
 VIDEO_CODECS = ("vp8", "h264")
+ENCODE_MODES = ("shared", "per-viewer")  # see stream.encode_once
 LIMIT_RANGES: tuple[tuple[str, float, float], ...] = (  # each limit's setting and its allowed range
     ("max_viewers", 1, 1000),
     ("max_viewers_per_session", 1, 1000),
@@ -38,6 +39,7 @@ class ServeConfig:
     lead_frames: int = 2
     pose: str = "loop"
     video_codec: str = "vp8"
+    encode: str = "shared"  # direct viewers of a session share one encoder (shared) or each has its own (per-viewer)
     max_viewers: int = 16  # WHEP viewers of all sessions together
     max_viewers_per_session: int = 16
     max_sessions: int = 8
@@ -61,6 +63,10 @@ class ServeConfig:
     noise_seed: int = 0
     operator_token: str | None = field(default=None, repr=False)  # from TWINCAST_OPERATOR_TOKEN only
     viewer_token: str | None = field(default=None, repr=False)  # from TWINCAST_VIEWER_TOKEN only
+    stun_urls: tuple[str, ...] = ()  # ICE servers handed to viewers (stream.ice): stun:HOST[:PORT], comma-separated
+    turn_urls: tuple[str, ...] = ()  # turn:HOST[:PORT][?transport=udp|tcp] or turns:…; needs turn_secret
+    turn_secret: str | None = field(default=None, repr=False)  # coturn's static-auth-secret: TWINCAST_SERVE_TURN_SECRET
+    turn_ttl_s: float = 86_400.0  # how long a viewer's TURN credentials stay good
 
     def __post_init__(self) -> None:
         try:
@@ -78,6 +84,8 @@ class ServeConfig:
             raise InputError(f"serve pose {self.pose!r} must be one of {POSE_DRIVER_NAMES}")
         if self.video_codec not in VIDEO_CODECS:
             raise InputError(f"serve video_codec {self.video_codec!r} must be one of {VIDEO_CODECS}")
+        if self.encode not in ENCODE_MODES:
+            raise InputError(f"serve encode {self.encode!r} must be one of {ENCODE_MODES}")
         for name, low, high in LIMIT_RANGES:
             value = getattr(self, name)
             if not low <= value <= high:
@@ -98,6 +106,9 @@ class ServeConfig:
             raise InputError(f"serve commerce_dir {str(self.commerce_dir)!r} holds a NUL character")
         if self.max_queued_speech_s <= 0:
             raise InputError(f"serve max_queued_speech_s {self.max_queued_speech_s} must be positive")
+        from stream.ice import check_ice_settings
+
+        check_ice_settings(self.stun_urls, self.turn_urls, self.turn_secret, self.turn_ttl_s)  # InputError naming it
 
     @property
     def is_loopback(self) -> bool:
