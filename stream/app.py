@@ -84,9 +84,12 @@ ROUTES: list[Route] = [
     Route("GET", "/static/{name}", viewer.static_file, "Dashboard script and style sheet"),
     Route("GET", "/healthz", viewer.healthz, "Liveness"),
     Route("POST", "/whep", viewer.whep_offer, "WHEP: watch a session (SDP offer → answer)",
-          body={"content": "application/sdp"}, query=(SESSION_QUERY,), responses={"201": "SDP answer"},
-          errors=(503,)),
+          body={"content": "application/sdp"}, query=(SESSION_QUERY,),
+          responses={"201": "SDP answer; Link: the ICE servers (RFC 9725, rel=\"ice-server\")"}, errors=(503,)),
     Route("DELETE", "/whep/{viewer_id}", viewer.whep_delete, "WHEP: hang up", responses={"204": "closed"}),
+    Route("GET", "/api/ice-servers", viewer.ice_servers, "ICE servers for a viewer's RTCPeerConnection "
+          "({iceServers: [RTCIceServer]}: STUN, and TURN with credentials good for serve.turn_ttl_s; empty when "
+          "none are configured); guarded like WHEP"),
     Route("POST", "/whip", op.whip_offer, "WHIP ingest (OBS Studio 30+; the operator token as the bearer token): a "
           "sendonly audio (Opus) and/or video (H.264, VP8) offer; the audio is the twin's live speech, the video's "
           "head pose drives its head", body={"content": "application/sdp"}, query=(SESSION_QUERY,),
@@ -291,7 +294,7 @@ def create_app(runtime: TwinRuntime, operator_token: str, viewer_token: str | No
         json_body = route.body is not None and "content" not in route.body
         app.router.add_route(route.method, route.path, _checking_body(route) if json_body else route.handler)
 
-    redact = RedactTokens([token for token in (operator_token, viewer_token) if token])
+    redact = RedactTokens([token for token in (operator_token, viewer_token, config.turn_secret) if token])
     log_handlers = [*logging.getLogger().handlers, logging.lastResort]
 
     async def on_startup(app: web.Application) -> None:

@@ -37,17 +37,20 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying aga
 
 
 PUBLIC_API = ("/api/openapi.json",)
+VIEWER_API = ("/api/ice-servers",)  # under /api/ but for viewers: guarded like WHEP
 
 
 def needs_operator(path: str) -> bool:
-    """The auth rule: everything under ``/api/`` but the OpenAPI document, and the WHIP ingest (``/whip``: a WHIP
-    client such as OBS sends the token as its bearer token), needs the operator's bearer token."""
-    return (path.startswith("/api/") and path not in PUBLIC_API) or path == "/whip" or path.startswith("/whip/")
+    """The auth rule: everything under ``/api/`` but the OpenAPI document and the viewers' ICE servers, and the
+    WHIP ingest (``/whip``: a WHIP client such as OBS sends the token as its bearer token), needs the operator's
+    bearer token."""
+    return ((path.startswith("/api/") and path not in PUBLIC_API + VIEWER_API) or path == "/whip"
+            or path.startswith("/whip/"))
 
 
 def needs_viewer(path: str) -> bool:
-    """What a viewer token, when one is set, guards: the player page, WHEP and the overlay page."""
-    return path in ("/", "/whep", "/overlay") or path.startswith(("/whep/", "/overlay/"))
+    """What a viewer token, when one is set, guards: the player page, WHEP, the ICE servers and the overlay page."""
+    return path in ("/", "/whep", "/overlay", *VIEWER_API) or path.startswith(("/whep/", "/overlay/"))
 
 
 @dataclass(frozen=True)

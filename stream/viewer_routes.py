@@ -6,7 +6,9 @@ import functools
 from importlib import resources
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from stream import ice
 from stream.http_common import RUNTIME, read_sdp
 from twincast import __version__
 from twincast.errors import NotFoundError
@@ -49,11 +51,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def whep_offer(request: web.Request) -> web.Response:
-    """WHEP: an SDP offer in, ``201`` with the answer and the viewer's ``Location`` out."""
+    """WHEP: an SDP offer in, ``201`` with the answer, the viewer's ``Location`` and the ICE servers (RFC 9725
+    ``Link`` headers, TURN with fresh credentials) out."""
     offer = await read_sdp(request)
-    viewer_id, answer = await request.app[RUNTIME].add_viewer(offer, request.query.get("session"))
-    return web.Response(status=201, text=answer, content_type="application/sdp",
-                        headers={"Location": f"/whep/{viewer_id}"})
+    runtime = request.app[RUNTIME]
+    viewer_id, answer = await runtime.add_viewer(offer, request.query.get("session"))
+    headers = CIMultiDict({"Location": f"/whep/{viewer_id}"})
+    for server in ice.for_viewer(runtime.config):
+        for link in server.link_headers():
+            headers.add("Link", link)
+    return web.Response(status=201, text=answer, content_type="application/sdp", headers=headers)
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The ICE servers a viewer's ``RTCPeerConnection`` should use (``{"iceServers": [...]}``), never cached."""
+    servers = ice.for_viewer(request.app[RUNTIME].config)
+    return web.json_response({"iceServers": [server.to_json() for server in servers]},
+                             headers={"Cache-Control": "no-store"})
 
 
 async def whep_delete(request: web.Request) -> web.Response:
