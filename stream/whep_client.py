@@ -82,15 +82,17 @@ class WhepViewer:
         keep_video: keep at most this many most-recent video frames.
         reduce: applied to each decoded RGB frame before it is kept (e.g. a crop, so long runs fit in memory).
         rewrite_offer, rewrite_answer: change the SDP on its way, e.g. to put a network relay between the peers.
+        configuration: the peer's ICE servers and transport policy (e.g. a TURN server from ``/api/ice-servers``,
+            relay only); none by default.
     """
 
     def __init__(self, base_url: str, *, session: str | None = None, keep_video: int = 10_000,
                  reduce: Callable[[np.ndarray], np.ndarray] | None = None, rewrite_offer: SdpRewrite | None = None,
-                 rewrite_answer: SdpRewrite | None = None) -> None:
+                 rewrite_answer: SdpRewrite | None = None, configuration: RTCConfiguration | None = None) -> None:
         self.base_url = base_url
         self.session = session
         self.media = ReceivedMedia()
-        self.peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.peer = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
         self.location: str | None = None  # the viewer's resource on the server, once answered
         self.connected = asyncio.Event()
         self._keep_video = keep_video
