@@ -488,6 +488,29 @@ def cmd_demo(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     return 0
 
 
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, help="start a local Ray with N CPU render nodes")
+    parser.add_argument("--address", help="join the Ray cluster at ADDR (auto: the one `ray start` made on this "
+                        "machine): one render node per GPU (N CPU nodes with --workers N)")
+    parser.add_argument("--twin", action="append", default=[], metavar="NAME=PACK,MODEL",
+                        help="a twin every render node loads (repeatable); live twins are sessions of these")
+    parser.add_argument("--capacity", type=int, help="live twins per render node (default: measured on each node)")
+    _live_arguments(parser)
+
+
+@command("cluster", "place live twins across render nodes on Ray, behind one front door", _cluster_arguments)
+def cmd_cluster(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from export.onnx_export import artifact_for
+    from stream.cluster import run_cluster
+    from stream.server import TwinSource
+    from twincast.demo import cache_dir
+
+    sources = [TwinSource.parse(text) for text in args.twin]
+    sources = [TwinSource(s.name, s.pack, artifact_for(s.model, cache_dir())) for s in sources]
+    return run_cluster(_serve_config(args, toml), sources, workers=args.workers, address=args.address,
+                       capacity=args.capacity, announce=_announce)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twincast`` console script."""
     args = build_parser().parse_args(argv)
