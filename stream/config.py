@@ -67,6 +67,7 @@ class ServeConfig:
     turn_urls: tuple[str, ...] = ()  # turn:HOST[:PORT][?transport=udp|tcp] or turns:…; needs turn_secret
     turn_secret: str | None = field(default=None, repr=False)  # coturn's static-auth-secret: TWINCAST_SERVE_TURN_SECRET
     turn_ttl_s: float = 86_400.0  # how long a viewer's TURN credentials stay good
+    publish: tuple[str, ...] = field(default=(), repr=False)  # janus://HOST:PORT/ROOM[?secret=…] every session
 
     def __post_init__(self) -> None:
         try:
@@ -109,6 +110,14 @@ class ServeConfig:
         from stream.ice import check_ice_settings
 
         check_ice_settings(self.stun_urls, self.turn_urls, self.turn_secret, self.turn_ttl_s)  # InputError naming it
+        if self.publish:
+            from stream.janus_output import parse_target
+
+            for index, target in enumerate(self.publish, 1):
+                try:
+                    parse_target(target)  # publishes to (stream.janus_output); the secret is never shown
+                except InputError as exc:
+                    raise InputError(f"serve publish target {index} of {len(self.publish)}: {exc}") from exc
 
     @property
     def is_loopback(self) -> bool:
