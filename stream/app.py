@@ -130,11 +130,12 @@ ROUTES: list[Route] = [
           responses={"201": "created"}, errors=(503,)),
     Route("DELETE", "/api/sessions/{session_id}", op.delete_session, "Stop a session",
           responses={"204": "stopped"}),
-    Route("GET", "/api/outputs", op.list_outputs, "RTMP pushes, recordings and WHIP publishes"),
-    Route("POST", "/api/outputs", op.create_output, "Start an RTMP push, a recording, or a WHIP publish (url: the "
-          "WHIP endpoint, token: its bearer token)",
-          body=obj(kind={"enum": ["rtmp", "record", "whip"]}, url=STRING, key=STRING, path=RECORDING, token=STRING,
-                   session=SESSION),
+    Route("GET", "/api/outputs", op.list_outputs, "RTMP pushes, recordings, WHIP and Janus publishes"),
+    Route("POST", "/api/outputs", op.create_output, "Start an RTMP push, a recording, a WHIP publish (url: the "
+          "WHIP endpoint, token: its bearer token), or a Janus VideoRoom publish (url: janus://HOST:PORT/ROOM, "
+          "optionally ?secret=…&create=0)",
+          body=obj(kind={"enum": ["rtmp", "record", "whip", "janus"]}, url=STRING, key=STRING, path=RECORDING,
+                   token=STRING, session=SESSION),
           responses={"201": "started"}),
     Route("DELETE", "/api/outputs/{output_id}", op.delete_output, "Stop an output"),
     Route("GET", "/api/script", op.get_script, "A session's script", query=(SESSION_QUERY,)),

@@ -226,24 +226,25 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def list_outputs(request: web.Request) -> web.Response:
-    """RTMP pushes, recordings and WHIP publishes, with their state (stream keys and tokens masked), and where
-    recordings go."""
+    """RTMP pushes, recordings, WHIP and Janus publishes, with their state (stream keys, tokens and room secrets
+    masked), and where recordings go."""
     runtime = request.app[RUNTIME]
     return web.json_response({"outputs": [o.describe() for o in runtime.outputs()],
                               "recordings_dir": str(runtime.config.recordings_dir.resolve())})
 
 
-OUTPUT_TARGET = {"rtmp": "url", "record": "path", "whip": "url"}  # the field that names each kind's target
+OUTPUT_TARGET = {"rtmp": "url", "record": "path", "whip": "url", "janus": "url"}  # the field naming each target
 
 
 async def create_output(request: web.Request) -> web.Response:
-    """Start an RTMP push (``url``, optionally ``key``), an MP4 recording (``path``) or a WHIP publish (``url``,
-    optionally ``token``)."""
+    """Start an RTMP push (``url``, optionally ``key``), an MP4 recording (``path``), a WHIP publish (``url``,
+    optionally ``token``) or a Janus VideoRoom publish (``url``: ``janus://HOST:PORT/ROOM``)."""
     body = await read_json(request)
     kind = optional_str(body, "kind") or "rtmp"
     target = optional_str(body, OUTPUT_TARGET.get(kind, "url"))
     if not target:
-        raise InputError('an rtmp output needs "url"; a record output needs "path"; a whip output needs "url"')
+        raise InputError('an rtmp output needs "url"; a record output needs "path"; a whip output needs "url"; a '
+                         'janus output needs "url" (janus://HOST:PORT/ROOM)')
     key, token = optional_str(body, "key"), optional_str(body, "token")
     if kind == "rtmp" and key:
         target = target.rstrip("/") + "/" + key

@@ -9,8 +9,8 @@ child process (``stream.rtmp_push``), so an ingest that never answers can only s
 when the ingest goes away, does not answer within 10 s or stops taking data, the thread reconnects with
 exponential backoff (1 s doubling to 30 s; from 1 s again once it has been live for
 ``STABLE_LIVE_S``; ``Backoff``). It is ``live`` only once connected (the header written), so an ingest that refuses
-connections shows ``reconnecting`` throughout. A WHIP publish (``stream.whip_output``) is an ``Output`` too, and
-backs off the same way.
+connections shows ``reconnecting`` throughout. A WHIP publish (``stream.whip_output``) and a Janus VideoRoom publish
+(``stream.janus_output``) are outputs too, and back off the same way.
 
 Recordings are fragmented MP4 (``stream.fmp4``) written to a hidden temporary file (``.recording-*.mp4``) and
 renamed to their name when they stop. When writing fails (a full disk) the recording stops with state ``failed``
@@ -77,8 +77,8 @@ def mask_url(url: str) -> str:
 
 
 class Output(Protocol):
-    """What a channel holds of each output: an RTMP push or a recording (``StreamOutput``), or a WHIP publish
-    (``stream.whip_output.WhipOutput``)."""
+    """What a channel holds of each output: an RTMP push or a recording (``StreamOutput``), a WHIP publish
+    (``stream.whip_output.WhipOutput``) or a Janus VideoRoom publish (``stream.janus_output.JanusOutput``)."""
 
     output_id: str
     session_id: str
@@ -191,7 +191,7 @@ def check_target(kind: str, target: str) -> str:
         if path.exists():
             raise InputError(f"recording {target} already exists; choose a new file name")
         return str(path)
-    raise InputError(f"output kind {kind!r} must be 'rtmp', 'record' or 'whip'")
+    raise InputError(f"output kind {kind!r} must be 'rtmp', 'record', 'whip' or 'janus'")
 
 
 def describe_write_error(exc: BaseException) -> str:

@@ -415,7 +415,7 @@ def _serve_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
     return build_config(ServeConfig, section="serve", toml=toml, env=os.environ, overrides={
         "host": args.host, "port": args.port, "engine": args.engine, "threads": args.threads, "pose": args.pose,
         "video_codec": args.video_codec, "lead_frames": args.lead_frames,
-        "canvas": args.canvas, "canvas_background": args.canvas_background,
+        "canvas": args.canvas, "canvas_background": args.canvas_background, "publish": args.publish or None,
         "operator_token": os.environ.get("TWINCAST_OPERATOR_TOKEN") or None,
         "viewer_token": os.environ.get("TWINCAST_VIEWER_TOKEN") or None,
     })
@@ -451,6 +451,9 @@ def _live_arguments(parser: argparse.ArgumentParser) -> None:
                         "or 1080x1920 (9:16), 1280x720 (default: the avatar pack's own frame)")
     parser.add_argument("--canvas-background", metavar="COLOUR|FILE",
                         help="behind the twin on the canvas: #rrggbb, or a picture or a video file to loop")
+    parser.add_argument("--publish", action="append", metavar="janus://HOST:PORT/ROOM",
+                        help="publish every session into this Janus VideoRoom (an SFU its viewers read from; "
+                        "?secret=… for the room's secret, &create=0 to not create it; repeatable)")
 
 
 @command("serve", "serve a twin live over WebRTC", _serve_arguments)
