@@ -684,22 +684,31 @@ def create_front_door(cluster: Cluster, operator_token: str) -> web.Application:
 
 # --- running it -----------------------------------------------------------------------------------------------------
 
-def connect_ray(*, workers: int | None, address: str | None) -> tuple[int, float, float]:
-    """Start a local Ray with ``workers`` CPU render nodes' room, or join the Ray cluster at ``address``; returns
-    (render nodes to start, GPUs and CPUs each takes): one per GPU on a joined cluster (``workers`` CPU nodes
-    there when it is given).
+def check_ray_choice(workers: int | None, address: str | None) -> None:
+    """Check the flags that choose Ray: ``--workers N`` or ``--address ADDR`` (both: N CPU nodes on that cluster).
 
     Raises:
-        InputError: neither or both ways, or a joined cluster without GPUs and no ``workers``.
+        InputError: neither, or N outside 1..64.
     """
-    if (workers is None) == (address is None):
+    if workers is None and address is None:
         raise InputError("give --workers N (a local Ray with N CPU render nodes) or --address ADDR (join a Ray "
                          "cluster: one render node per GPU)")
+    if workers is not None and not 1 <= workers <= 64:
+        raise InputError(f"--workers {workers} must be in 1..64")
+
+
+def connect_ray(*, workers: int | None, address: str | None) -> tuple[int, float, float]:
+    """Start a local Ray with room for ``workers`` CPU render nodes, or join the Ray cluster at ``address``;
+    returns (render nodes to start, GPUs and CPUs each takes): one per GPU on a joined cluster (``workers`` CPU
+    nodes there when it is given).
+
+    Raises:
+        InputError: bad flags (``check_ray_choice``), or a joined cluster without GPUs and no ``workers``.
+    """
+    check_ray_choice(workers, address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         assert workers is not None
-        if not 1 <= workers <= 64:
-            raise InputError(f"--workers {workers} must be in 1..64")
         os.environ.setdefault("RAY_enable_worker_prestart", "0")  # no idle Python workers on a small machine
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         ray.init(address="local", num_cpus=2 * workers, num_gpus=0, include_dashboard=False,
@@ -766,6 +775,7 @@ def run_cluster(config: ServeConfig, sources: list[TwinSource], *, workers: int 
             if not path.exists():
                 raise InputError(f"twin {source.name}: the {what} {str(path)!r} does not exist")
         resolved.append(TwinSource(source.name, source.pack.resolve(), source.model.resolve()))
+    check_ray_choice(workers, address)
     token = config.operator_token
     if token is None:
         token = secrets.token_urlsafe(18)
