@@ -105,12 +105,22 @@ function waitForIce(peer) {
   });
 }
 
+// The server's STUN and TURN servers (TURN with short-lived credentials); none when it has none configured or
+// cannot be asked, and the peer then connects directly.
+async function iceServers() {
+  try {
+    const response = await fetch("/api/ice-servers", { headers: { Authorization: "Bearer " + state.token }, cache: "no-store" });
+    return response.ok ? (await response.json()).iceServers || [] : [];
+  } catch (error) { return []; }
+}
+
 async function connectPreview() {
+  const servers = await iceServers();  // first: from here on nothing waits until the new peer is state.preview
   if (state.preview) state.preview.close();
   // The operator token also passes where a viewer token guards the stream.
   const auth = { Authorization: "Bearer " + state.token };
   if (state.previewResource) fetch(state.previewResource, { method: "DELETE", headers: auth }).catch(() => {});
-  const peer = new RTCPeerConnection({ iceServers: [] });
+  const peer = new RTCPeerConnection({ iceServers: servers });
   state.preview = peer;
   peer.addTransceiver("video", { direction: "recvonly" });
   peer.addTransceiver("audio", { direction: "recvonly" });
@@ -346,7 +356,7 @@ $("script-lines").addEventListener("drop", (event) => {
 
 async function startUpstream(kind) {
   const media = await navigator.mediaDevices.getUserMedia(kind === "mic" ? { audio: true } : { video: { width: 640, height: 480 } });
-  const peer = new RTCPeerConnection({ iceServers: [] });
+  const peer = new RTCPeerConnection({ iceServers: await iceServers() });
   media.getTracks().forEach((track) => peer.addTrack(track, media));
   await peer.setLocalDescription(await peer.createOffer());
   await waitForIce(peer);
