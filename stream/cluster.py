@@ -43,7 +43,7 @@ import aiohttp
 import numpy as np
 import ray
 from aiohttp import web
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from engines.base import Engine
 from engines.bench import time_engine
@@ -52,7 +52,7 @@ from stream.config import ServeConfig
 from stream.peers import MAX_SDP_BYTES
 from stream.runtime import SESSION_ID, TwinRuntime
 from stream.server import TwinSource, build_runtime, close_sockets_on_shutdown
-from twincast.errors import InputError, LimitError, NotFoundError, UnauthorizedError
+from twincast.errors import InputError, LimitError, NotFoundError, TwincastError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,8 @@ class Cluster:
             raise NotFoundError(f"no twin source {source!r}; the nodes load {sorted(self.sources)}")
         async with self._lock:
             if name in self.twins:
-                raise InputError(f"a live twin named {name!r} exists already (on {self.twins[name].node})")
+                raise InputError(f"a live twin named {name!r} exists already "
+                                 f"({self.twins[name].node or 'waiting for room'})")
             twin = LiveTwin(name, source)
             self.twins[name] = twin
         try:
@@ -415,6 +416,17 @@ class Cluster:
             node.twins.add(twin.name)
         try:
             await asyncio.wait_for(node.actor.place.remote(twin.name, twin.source), NODE_CALL_TIMEOUT_S)
+        except RayTaskError as exc:  # the node refused: its own error, as the node raised it
+            node.twins.discard(twin.name)
+            if isinstance(exc.cause, TwincastError):
+                raise exc.cause from None
+            raise
+        except (RayActorError, TimeoutError) as exc:
+            node.twins.discard(twin.name)
+            self._spawn(self.check(node), f"check {node.name}")
+            raise LimitError(f"render node {node.name} failed while placing {twin.name} ({type(exc).__name__}); "
+                             "try again shortly", limit="node", value=0, http_status=503,
+                             retry_after_s=WAITING_RETRY_S) from exc
         except BaseException:
             node.twins.discard(twin.name)
             raise
@@ -440,13 +452,14 @@ class Cluster:
         await self.place_waiting()
 
     async def place_waiting(self) -> None:
-        """Place twins that lost their node on nodes with room, longest waiting first, while there is room."""
+        """Place twins that lost their node on nodes with room, in the order they went live, while there is
+        room."""
         for twin in sorted((t for t in self.twins.values() if t.node is None), key=lambda t: t.since):
             try:
                 await self._put(twin)
             except ClusterFullError:
                 return
-            except (RayActorError, TimeoutError, InputError) as exc:
+            except (TwincastError, RayTaskError) as exc:
                 log.warning("placing %s again failed: %s", twin.name, exc)
 
     # --- watching ---
@@ -462,16 +475,22 @@ class Cluster:
         it is alive."""
         try:
             await asyncio.wait_for(node.actor.ping.remote(), PING_TIMEOUT_S)
+        except ActorUnavailableError:  # unreachable for now (a network blip): counted like a ping with no answer
+            return await self._missed(node)
         except RayActorError as exc:
             await self.node_died(node, f"its actor died: {type(exc).__name__}")
             return False
         except (TimeoutError, GetTimeoutError):
-            node.missed += 1
-            if node.missed >= MISSED_PINGS:
-                await self.node_died(node, f"{node.missed} pings in a row got no answer within {PING_TIMEOUT_S:g} s")
-                return False
-            return True
+            return await self._missed(node)
         node.missed = 0
+        return True
+
+    async def _missed(self, node: NodeState) -> bool:
+        """Count a ping without an answer; the ``MISSED_PINGS``-th in a row marks the node dead."""
+        node.missed += 1
+        if node.missed >= MISSED_PINGS:
+            await self.node_died(node, f"{node.missed} pings in a row got no answer within {PING_TIMEOUT_S:g} s")
+            return False
         return True
 
     async def node_died(self, node: NodeState, reason: str) -> None:
