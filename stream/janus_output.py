@@ -98,7 +98,10 @@ def parse_target(target: str) -> JanusTarget:
     if len(target) > MAX_URL_CHARS or not re.fullmatch(r"[!-~]+", target):
         raise InputError(f"Janus target must be printable ASCII without spaces, at most {MAX_URL_CHARS} "
                          f"characters: {expected}")
-    parts = urllib.parse.urlsplit(target)
+    try:
+        parts = urllib.parse.urlsplit(target)
+    except ValueError as exc:  # e.g. an unclosed '[' of an IPv6 host
+        raise InputError(f"Janus target is not a URL ({exc}): {expected}") from exc
     if parts.scheme not in DEFAULT_PORTS:
         raise InputError(f"Janus target scheme {parts.scheme or '(none)'!r} must be janus or januss: {expected}")
     try:
