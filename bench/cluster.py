@@ -119,8 +119,8 @@ def recover(cluster: ServerProcess, deadline_s: float = 180.0) -> dict[str, Any]
     events = {event["kind"]: event["at"] - wall_kill for event in state["events"]
               if event["at"] >= wall_kill and event["kind"] in ("node_died", "node_up")}
     return {"node": victim["name"], "twins_moved": len(moved),
-            "noticed_s": round(events.get("node_died", float("nan")), 2),
-            "replacement_up_s": round(events.get("node_up", float("nan")), 2),
+            "noticed_s": round(events["node_died"], 2) if "node_died" in events else None,
+            "replacement_up_s": round(events["node_up"], 2) if "node_up" in events else None,  # None: not up yet
             "all_live_s": round(all_live, 2) if all_live is not None else None,
             "viewer_frame_s": round(viewer_at - killed, 2),
             "per_node_after": {node["name"]: len(node["twins"]) for node in state["nodes"] if node["alive"]}}
