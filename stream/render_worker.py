@@ -10,6 +10,12 @@ rest. After the engine call each job's ``paste_back`` runs here too, off the eve
 whose deadline is one frame away) goes to the front of the queue and is rendered in a call of its own, without
 waiting for other jobs: the closed mouth does not wait for a batch.
 
+Each batch's stages are timed into bounded deques (the last ``TIMED_BATCHES``): the wait between its oldest job's
+submission and the worker taking it (``queue_wait_ms``; the gather wait is part of it), stacking the inputs
+(``stack_ms``), the engine call (``render_ms``) and the paste-backs with their hand-over to the loop (``paste_ms``).
+``stats`` reports the p50 and p99 of each, which tells where a batch's time goes when the whole server runs
+(the event loop, compositing and encoding share the interpreter with this thread).
+
 When an engine call raises, the batch's frames are lost, not the stream: each job's session is told
 (``RenderJob.fail`` with a ``RenderFailure``, on the loop) and shows the idle footage loop instead, and the
 worker goes on with the next batch. The failure is logged with its traceback at most once per
@@ -35,6 +41,7 @@ from stream.stats import WorkerStats
 log = logging.getLogger(__name__)
 FAILURE_LOG_EVERY_S = 10.0
 MAX_ERROR_CHARS = 300  # an engine's message (ONNX Runtime quotes whole nodes) as shown to the operator
+TIMED_BATCHES = 500  # the stage timings and batch sizes kept (the most recent batches)
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,11 @@ class RenderWorker:
         self.stale = 0
         self.failures = 0
         self.calls = 0
-        self.render_ms: deque[float] = deque(maxlen=500)
-        self.batch_sizes: deque[int] = deque(maxlen=500)
+        self.render_ms: deque[float] = deque(maxlen=TIMED_BATCHES)  # the engine calls
+        self.queue_wait_ms: deque[float] = deque(maxlen=TIMED_BATCHES)  # oldest job submitted → batch taken
+        self.stack_ms: deque[float] = deque(maxlen=TIMED_BATCHES)  # the inputs stacked into the batch
+        self.paste_ms: deque[float] = deque(maxlen=TIMED_BATCHES)  # the batch's paste-backs, handed to the loop
+        self.batch_sizes: deque[int] = deque(maxlen=TIMED_BATCHES)
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -144,10 +154,17 @@ class RenderWorker:
             self._wake.notify()
 
     def stats(self) -> WorkerStats:
-        """Engine calls, jobs dropped on overflow and as stale, failed batches, the recent mean batch size."""
+        """Engine calls, jobs dropped on overflow and as stale, failed batches, the recent mean batch size, and the
+        p50/p99 of each stage of the recent batches (None before the first)."""
         sizes = list(self.batch_sizes)
+        queue_wait, stack, engine, paste = (percentiles(self.queue_wait_ms), percentiles(self.stack_ms),
+                                            percentiles(self.render_ms), percentiles(self.paste_ms))
         return {"calls": self.calls, "dropped_jobs": self.dropped, "stale_jobs": self.stale,
-                "failures": self.failures, "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None}
+                "failures": self.failures, "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None,
+                "queue_wait_ms_p50": queue_wait[0], "queue_wait_ms_p99": queue_wait[1],
+                "stack_ms_p50": stack[0], "stack_ms_p99": stack[1],
+                "engine_ms_p50": engine[0], "engine_ms_p99": engine[1],
+                "paste_ms_p50": paste[0], "paste_ms_p99": paste[1]}
 
     def pending(self) -> list[tuple[str, int, int, bool]]:
         """The queued jobs in the order they will be taken: (session, frame index, generation, urgent)."""
@@ -177,6 +194,7 @@ class RenderWorker:
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
+            self.queue_wait_ms.append(1000 * (time.perf_counter() - min(job.submitted_at for job in jobs)))
             current = [job for job in jobs if job.is_current(job.generation)]
             self.stale += len(jobs) - len(current)
             if not current:
@@ -203,12 +221,16 @@ class RenderWorker:
                                                                         job.generation, error))
 
     def _render(self, jobs: list[RenderJob]) -> None:
+        """Stack the jobs' inputs, call the engine, paste each face back and hand it to its session; timed."""
+        stacking = time.perf_counter()
         names = list(jobs[0].inputs)
         batch = {name: np.stack([job.inputs[name] for job in jobs]) for name in names}
         started = time.perf_counter()
         key = jobs[0].engine
         faces = self.engines[key](batch)
-        render_ms = 1000 * (time.perf_counter() - started)
+        ended = time.perf_counter()
+        render_ms = 1000 * (ended - started)
+        self.stack_ms.append(1000 * (started - stacking))
         if self._failing[key]:
             log.warning("engine %s renders again after %d failed batches", key, self._failing.pop(key))
         self.calls += 1
@@ -221,3 +243,13 @@ class RenderWorker:
             frame = RenderedFrame(job.session_id, job.frame_index, job.generation, job.paste_back(face),
                                   render_ms, len(jobs))
             self._loop.call_soon_threadsafe(job.deliver, frame)
+        self.paste_ms.append(1000 * (time.perf_counter() - ended))
+
+
+def percentiles(values: deque[float]) -> tuple[float | None, float | None]:
+    """The p50 and p99 of recent timings in ms, rounded to 0.01 ms; (None, None) when there are none yet."""
+    recent = list(values)
+    if not recent:
+        return None, None
+    p50, p99 = np.percentile(recent, [50, 99])
+    return round(float(p50), 2), round(float(p99), 2)

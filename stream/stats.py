@@ -105,13 +105,22 @@ class SessionStats(TimelineStats):
 
 
 class WorkerStats(TypedDict):
-    """The render worker: engine calls, jobs dropped on overflow or as stale, failed batches, mean batch size."""
+    """The render worker: engine calls, jobs dropped on overflow or as stale, failed batches, mean batch size, and
+    the p50/p99 ms of each stage of its recent batches (``stream.render_worker``; None before the first batch)."""
 
     calls: int
     dropped_jobs: int
     stale_jobs: int
     failures: int
     mean_batch: float | None
+    queue_wait_ms_p50: NotRequired[float | None]  # a batch's oldest job submitted → the worker takes the batch
+    queue_wait_ms_p99: NotRequired[float | None]
+    stack_ms_p50: NotRequired[float | None]  # the inputs stacked (np.stack)
+    stack_ms_p99: NotRequired[float | None]
+    engine_ms_p50: NotRequired[float | None]  # the engine call
+    engine_ms_p99: NotRequired[float | None]
+    paste_ms_p50: NotRequired[float | None]  # the batch's paste-backs (face into frame, composite, I420)
+    paste_ms_p99: NotRequired[float | None]
 
 
 class ServerStats(TypedDict):
