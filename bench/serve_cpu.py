@@ -1,9 +1,12 @@
 """Measure a live twin's render rate and CPU use: `twincast demo` (or serve) with 0, 1, … WHEP viewers.
 
-Run:  .venv/bin/python -m bench.serve_cpu [--seconds 20] [--viewers 0,1] [--model RUN_OR_ONNX --avatar PACK]
+Run:  .venv/bin/python -m bench.serve_cpu [--seconds 20] [--viewers 0,1] [--encode shared,per-viewer]
+                                          [--model RUN_OR_ONNX --avatar PACK]
 
-With several viewers the server's CPU per extra viewer is what each viewer's own encoders (VP8 and Opus, one pair
-per viewer in aiortc) cost; the viewers all decode in this process, on the same cores.
+With several viewers the server's CPU per extra viewer is what each viewer costs: with ``--encode per-viewer`` its
+own encoders (VP8 and Opus, one pair per viewer in aiortc), with ``shared`` (the default) only packetizing and
+sending the session's once-encoded packets (stream.encode_once). Each mode is measured on a server of its own,
+one after the other in the same run. The viewers all decode in this process, on the same cores.
 
 The server runs as its own process; its CPU time is read from /proc. The viewer (an aiortc WHEP client that
 decodes VP8 and Opus) runs in this process, so its CPU cost is reported separately.
@@ -78,13 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--viewers", default="0,1", help="viewer counts to measure, e.g. 0,1,2,4")
+    parser.add_argument("--encode", default="shared", help="encode modes to compare: shared, per-viewer or both")
     parser.add_argument("--model", help="serve this artifact instead of the demo")
     parser.add_argument("--avatar", help="with --model: the avatar pack")
     args = parser.parse_args()
     command = ["serve", "--model", args.model, "--avatar", args.avatar] if args.model else ["demo"]
-    with ServerProcess(*command, "--port", "0", "-q") as server:
-        time.sleep(3.0)  # let warm-up effects settle
-        rows = [measure(server, args.seconds, int(viewers)) for viewers in args.viewers.split(",")]
+    rows = []
+    for mode in args.encode.split(","):
+        with ServerProcess(*command, "--port", "0", "-q", env={"TWINCAST_SERVE_ENCODE": mode}) as server:
+            time.sleep(3.0)  # let warm-up effects settle
+            rows += [{"encode": mode, **measure(server, args.seconds, int(viewers))}
+                     for viewers in args.viewers.split(",")]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     print(json.dumps(report, indent=1))

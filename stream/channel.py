@@ -1,6 +1,6 @@
 """A channel: one live session and everything attached to it — its producer task, its video source, its script,
 its show and chat inbox (``production``), its WHEP viewers, the operator's microphone, webcam and WHIP ingest peers,
-and its RTMP pushes, recordings and WHIP publishes.
+and its RTMP pushes, recordings, WHIP publishes and Janus VideoRoom publishes.
 
 The channel is the one owner of those: it adds and removes them, closes them all when it closes, and turns what
 they announce (the session's ``speaking``/``late``/…, a peer's state, an output's state) into event-log lines.
@@ -22,13 +22,15 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import SessionDescription
 
+from stream.encode_once import SharedAudio, SharedVideo
 from stream.events import EventLog, Tally
+from stream.janus_output import JanusOutput
 from stream.outputs import Output, StreamOutput, check_target
-from stream.peers import Census, Viewer, answer, close_peer, prefer_video_codec
+from stream.peers import Census, Viewer, answer, close_peer, prefer_codec
 from stream.production import Production
 from stream.script import Script
 from stream.session import Spawn, TwinSession
-from stream.stats import SessionStats
+from stream.stats import EncodeStats, SessionStats
 from stream.tracks import OwnFrames, TwinAudioTrack, TwinVideoTrack
 from stream.upstream import PoseMeter, Upstream, consume_microphone, consume_webcam
 from stream.whip_output import WhipOutput
@@ -42,13 +44,15 @@ class Channel:
     """One session and its viewers, inputs and outputs (see the module docstring).
 
     The session's video track is made once and relayed (``MediaRelay``) to every viewer and output: it is
-    rendered and converted once, then each viewer's sender encodes its own copy (``tracks.OwnFrames``; an output
-    copies each frame on its encoder thread). Audio tracks are cheap, so each consumer gets its own, paced on the
+    rendered and converted once. With ``encode="shared"`` (the default) its direct viewers share one video and one
+    Opus encoder (``stream.encode_once``: a viewer that joins or asks for a keyframe gets keyframes of its own);
+    with ``"per-viewer"`` each viewer's sender encodes its own copy (``tracks.OwnFrames``) and its own audio
+    track. An output copies each frame on its encoder thread, and reads an audio track of its own, paced on the
     same session clock.
     """
 
     def __init__(self, session: TwinSession, *, relay: MediaRelay, census: Census, events: EventLog, spawn: Spawn,
-                 video_codec: str, viewer_timeout_s: float) -> None:
+                 video_codec: str, viewer_timeout_s: float, encode: str = "shared") -> None:
         self.session = session
         self.script = Script()
         self.production = Production(session, spawn, lambda message, level: self._note("show", message, level))
@@ -63,6 +67,10 @@ class Channel:
         self._events = events
         self._spawn = spawn
         self._video_codec = video_codec
+        self._encode = encode
+        self._shared_video = SharedVideo(video_codec, session.clock.fps,
+                                         lambda: self._census.subscribe(self._relay, self.video_source), spawn)
+        self._shared_audio = SharedAudio(lambda: TwinAudioTrack(self.session), spawn)
         self._tallies = {
             "late": Tally(lambda count: self._warn(f"{count} frames rendered late")),
             "live_dropped": Tally(lambda count: self._warn(f"{count} frames of live audio dropped to keep "
@@ -102,10 +110,20 @@ class Channel:
             raise InputError("the SDP offer has no video section (m=video); expected a recvonly video offer")
         viewer = Viewer(self._census.new_peer())
         peer = viewer.peer
-        video_sender = peer.addTrack(OwnFrames(self._census.subscribe(self._relay, self.video_source)))
-        peer.addTrack(TwinAudioTrack(self.session))
-        prefer_video_codec(peer, video_sender, self._video_codec)
-        sdp = await answer(peer, offer_sdp)
+        if self._encode == "shared":
+            video = self._shared_video.subscribe()
+            video_sender = peer.addTrack(video)
+            video.attach(video_sender)
+            prefer_codec(peer, peer.addTrack(self._shared_audio.subscribe()), "audio", "opus")
+        else:
+            video_sender = peer.addTrack(OwnFrames(self._census.subscribe(self._relay, self.video_source)))
+            peer.addTrack(TwinAudioTrack(self.session))
+        prefer_codec(peer, video_sender, "video", self._video_codec)
+        try:
+            sdp = await answer(peer, offer_sdp)
+        except InputError:
+            _stop_tracks(peer)
+            raise
         self.viewers[viewer.viewer_id] = viewer
         self._note("viewer", f"{len(self.viewers)} viewer(s)")
 
@@ -137,6 +155,7 @@ class Channel:
         if viewer is None:
             return False
         await close_peer(viewer.peer)
+        _stop_tracks(viewer.peer)  # a sender that never started (closed while connecting) never stops its track
         self._note("viewer", f"{len(self.viewers)} viewer(s)")
         return True
 
@@ -191,16 +210,22 @@ class Channel:
 
     def add_output(self, kind: str, target: str, token: str | None = None) -> Output:
         """Start pushing the session to RTMP, recording it to MP4, or publishing it to a WHIP endpoint (``target``
-        its URL, ``token`` its bearer token if it wants one).
+        its URL, ``token`` its bearer token if it wants one) or into a Janus VideoRoom (``target`` a ``janus://``
+        URL).
 
         Raises:
-            InputError: a bad kind or target (see ``outputs.check_target``, ``whip_output.check_whip_url``).
+            InputError: a bad kind or target (see ``outputs.check_target``, ``whip_output.check_whip_url``,
+                ``janus_output.parse_target``).
         """
         output: Output
         output_id = uuid.uuid4().hex[:12]
         if kind == "whip":
             output = WhipOutput(output_id, self.session_id, target, token, tracks=self._output_tracks,
                                 new_peer=self._census.new_peer, on_state=self._output_state)
+        elif kind == "janus":
+            output = JanusOutput(output_id, self.session_id, target, video_codec=self._video_codec,
+                                 tracks=self._output_tracks, new_peer=self._census.new_peer,
+                                 on_state=self._output_state)
         else:
             target = check_target(kind, target)  # before subscribing: a refused target leaves no subscription
             video = self._census.subscribe(self._relay, self.video_source)  # the output encodes a copy of its own
@@ -212,8 +237,8 @@ class Channel:
         return output
 
     def _output_tracks(self) -> tuple[MediaStreamTrack, MediaStreamTrack]:
-        """A WHIP publish's tracks for one connection: the relayed video (a copy of each frame of its own, as a
-        viewer's) and an audio track of its own."""
+        """A WHIP or Janus publish's tracks for one connection: the relayed video (a copy of each frame of its
+        own, as a viewer's) and an audio track of its own."""
         return OwnFrames(self._census.subscribe(self._relay, self.video_source)), TwinAudioTrack(self.session)
 
     def _output_state(self, output: Output) -> None:
@@ -258,17 +283,28 @@ class Channel:
         self.session.remove_all_listeners()
 
     def peers(self) -> list[RTCPeerConnection]:
-        """Every open peer connection of this channel (viewers, upstreams and WHIP publishes)."""
+        """Every open peer connection of this channel (viewers, upstreams, WHIP and Janus publishes)."""
         publishing = [output.peer for output in self.outputs.values()
-                      if isinstance(output, WhipOutput) and output.peer is not None]
+                      if isinstance(output, WhipOutput | JanusOutput) and output.peer is not None]
         return [viewer.peer for viewer in self.viewers.values()] + [up.peer for up in self.upstreams.values()] + \
             publishing
 
     def stats(self) -> SessionStats:
         """The session's timeline figures plus its viewers, inputs and outputs."""
-        return {**self.session.stats(), "viewers": len(self.viewers),
+        counts = self._shared_video.counts
+        encode: EncodeStats = {"mode": self._encode, "shared_frames": counts.shared_frames,
+                               "private_frames": counts.private_frames, "shared_keyframes": counts.shared_keyframes,
+                               "repairs": counts.repairs}
+        return {**self.session.stats(), "viewers": len(self.viewers), "encode": encode,
                 "outputs": [output.describe() for output in self.outputs.values()],
                 "upstreams": [upstream.describe() for upstream in self.upstreams.values()]}
+
+
+def _stop_tracks(peer: RTCPeerConnection) -> None:
+    """Stop the tracks ``peer``'s senders still hold (a shared encoder's subscriptions end with them)."""
+    for sender in peer.getSenders():
+        if sender.track is not None:
+            sender.track.stop()
 
 
 def _upstream_media(kind: str, offer_sdp: str) -> tuple[str, ...]:

@@ -80,11 +80,11 @@ async def answer(peer: RTCPeerConnection, offer_sdp: str) -> str:
     return str(peer.localDescription.sdp)
 
 
-def prefer_video_codec(peer: RTCPeerConnection, sender: RTCRtpSender, codec: str) -> None:
-    """Offer only ``codec`` (e.g. ``vp8``) on ``sender``'s transceiver; must precede the remote description, or
-    aiortc silently ignores it."""
-    mime = f"video/{codec}".lower()
-    preferred = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == mime]
+def prefer_codec(peer: RTCPeerConnection, sender: RTCRtpSender, kind: str, codec: str) -> None:
+    """Offer only ``codec`` (e.g. ``vp8``, ``opus``) of ``kind`` (``audio``, ``video``) on ``sender``'s
+    transceiver; must precede the remote description, or aiortc silently ignores it."""
+    mime = f"{kind}/{codec}".lower()
+    preferred = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() == mime]
     for transceiver in peer.getTransceivers():
         if transceiver.sender is sender:
             transceiver.setCodecPreferences(preferred)

@@ -97,7 +97,8 @@ class TwinRuntime:
         return self.channel(session_id).script
 
     def add_session(self, session_id: str, twin_name: str) -> TwinSession:
-        """Create a session of a loaded twin with its own clock, and start its producer.
+        """Create a session of a loaded twin with its own clock, and start its producer (and its publishes to the
+        Janus rooms of ``config.publish``).
 
         Raises:
             InputError: a bad or taken session id.
@@ -128,8 +129,11 @@ class TwinRuntime:
         self.worker.attach(twin.engine)
         self.channels[session_id] = Channel(session, relay=self.relay, census=self.census, events=self.events,
                                             spawn=self.spawn, video_codec=self.config.video_codec,
-                                            viewer_timeout_s=self.config.viewer_timeout_s)
+                                            viewer_timeout_s=self.config.viewer_timeout_s,
+                                            encode=self.config.encode)
         self.events.emit("session", f"session started ({twin.name})", session=session_id)
+        for target in self.config.publish:  # serve --publish: every session goes to these Janus rooms
+            self.channels[session_id].add_output("janus", target)
         return session
 
     def _noise(self, twin: Twin) -> np.ndarray:

@@ -96,10 +96,22 @@ class TimelineStats(TypedDict):
     egress_frames: int
 
 
+class EncodeStats(TypedDict):
+    """How a session's direct viewers are encoded (``stream.encode_once``): the mode, and in shared mode the frames
+    encoded once for all, frames encoded for one repairing viewer, shared keyframes, and repairs."""
+
+    mode: str
+    shared_frames: int
+    private_frames: int
+    shared_keyframes: int
+    repairs: int
+
+
 class SessionStats(TimelineStats):
     """One session's figures: its timeline and what its channel has attached (``Channel.stats``)."""
 
     viewers: int
+    encode: EncodeStats
     outputs: list[OutputStats]
     upstreams: list[UpstreamStats]
 
