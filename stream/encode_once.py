@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.vpx import number_of_threads
 from aiortc.mediastreams import MediaStreamError
 
 from stream.session import Spawn
@@ -63,6 +65,7 @@ def new_video_encoder(codec: str, width: int, height: int, fps: int) -> Any:
                            "minrate": str(bitrate), "maxrate": str(bitrate), "noise-sensitivity": "4",
                            "overshoot-pct": "15", "partitions": "0", "static-thresh": "1", "undershoot-pct": "100"}
         context.qmin, context.qmax = 2, 56
+        context.thread_count = number_of_threads(width * height, multiprocessing.cpu_count())  # 1 below 640×480
     elif codec == "h264":
         context = av.CodecContext.create("libx264", "w")
         context.options = {"level": "31", "tune": "zerolatency", "sc_threshold": "0"}  # keyframes when asked only
