@@ -9,6 +9,12 @@ renders ``lead_frames`` ahead, so this is the strictest budget it ever has). Rep
 session received, the on-time share, the worker's mean batch and engine-call p50/p99. The model is a
 randomly initialised run of the preset (speed does not depend on the values). Imports nothing of the WebRTC
 stack, so it runs on a bare GPU machine.
+
+    PYTHONPATH=. python -m bench.sessions --whole-server --sessions 8,24,40,48 [--viewers 1] [--seconds 15]
+
+``--whole-server`` measures the real server instead: `twincast serve` with N speaking sessions, V WebRTC viewers
+each, compositing and encoding included (``bench.whole_server``, which needs aiortc and PyAV; ``bash
+bench/gpu_server.sh`` runs it on a GPU machine).
 """
 
 from __future__ import annotations
@@ -116,6 +122,20 @@ def prepare_engine(preset_name: str, device: str, precision: str, max_batch: int
     return engine
 
 
+def whole_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``--whole-server`` (``bench.whole_server``)."""
+    parser.add_argument("--whole-server", action="store_true",
+                        help="measure `twincast serve` with viewers (bench.whole_server) instead of the worker alone")
+    parser.add_argument("--viewers", type=int, default=1, help="whole server: WebRTC viewers per session")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="whole server: wait after each N before measuring")
+    parser.add_argument("--frame", default="512x512", help="whole server: the synthetic pack's frame WIDTHxHEIGHT")
+    parser.add_argument("--pack-seconds", type=float, default=4.0, help="whole server: the base loop's length")
+    parser.add_argument("--encode", help="whole server: serve.encode (shared or per-viewer; default the server's)")
+    parser.add_argument("--work", help="whole server: keep the exported model and pack here (reused when present)")
+    parser.add_argument("--startup-s", type=float, default=600.0, help="whole server: how long the server may take "
+                        "to start (engine warm-up included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,8,24,40")
@@ -124,7 +144,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--max-batch", type=int, default=32)
+    whole_server_arguments(parser)
     args = parser.parse_args()
+    if args.whole_server:
+        from bench import whole_server
+
+        whole_server.run(args)
+        return
     counts = [int(n) for n in args.sessions.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
