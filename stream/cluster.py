@@ -43,6 +43,7 @@ import aiohttp
 import numpy as np
 import ray
 from aiohttp import web
+from multidict import CIMultiDict
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from engines.base import Engine
@@ -557,8 +558,9 @@ CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("cluster_client", aiohttp
 
 @web.middleware
 async def operator_only(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Everything under ``/api/`` needs the operator's bearer token; viewing (``/``, ``/whep``) does not."""
-    if request.path.startswith("/api/"):
+    """Everything under ``/api/`` needs the operator's bearer token; viewing (``/``, ``/whep``, the viewers' ICE
+    servers) does not."""
+    if request.path.startswith("/api/") and request.path != "/api/ice-servers":
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(hashlib.sha256(supplied.encode("utf-8", "surrogatepass")).digest(),
                                    hashlib.sha256(request.app[TOKEN].encode()).digest()):
@@ -643,14 +645,32 @@ async def whep_offer(request: web.Request) -> web.Response:
                                             headers={"Content-Type": "application/sdp"}) as response:
             body = await response.read()
             location = response.headers.get("Location", "")
-            headers = {"Location": f"/whep/{name}/{location.rsplit('/', 1)[-1]}"} if location else {}
+            headers = CIMultiDict({"Location": f"/whep/{name}/{location.rsplit('/', 1)[-1]}"} if location else {})
             if "Retry-After" in response.headers:
                 headers["Retry-After"] = response.headers["Retry-After"]
+            for link in response.headers.getall("Link", []):  # the node's ICE servers (TURN credentials)
+                headers.add("Link", link)
             return web.Response(status=response.status, body=body, headers=headers,
                                 content_type=response.content_type)
     except (aiohttp.ClientError, TimeoutError) as exc:
         asyncio.create_task(cluster.check(node))  # noqa: RUF006 - a quicker look at a node that did not answer
         raise LimitError(f"render node {node.name} did not answer ({exc}); try again shortly", limit="node",
+                         value=0, http_status=503, retry_after_s=WAITING_RETRY_S) from exc
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The viewers' ICE servers (STUN, TURN with short-lived credentials), as a render node hands them out: every
+    node runs with the same serve configuration, so any live one will do."""
+    alive = [node for node in request.app[CLUSTER].nodes.values() if node.alive]
+    if not alive:
+        raise LimitError("no render node is alive to hand out ICE servers; try again shortly", limit="node",
+                         value=0, http_status=503, retry_after_s=WAITING_RETRY_S)
+    try:
+        async with request.app[CLIENT].get(f"{alive[0].info['address']}/api/ice-servers") as response:
+            return web.Response(status=response.status, body=await response.read(),
+                                content_type=response.content_type, headers={"Cache-Control": "no-store"})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise LimitError(f"render node {alive[0].name} did not answer ({exc}); try again shortly", limit="node",
                          value=0, http_status=503, retry_after_s=WAITING_RETRY_S) from exc
 
 
@@ -693,6 +713,7 @@ def create_front_door(cluster: Cluster, operator_token: str) -> web.Application:
     app.router.add_get("/", player_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cluster", cluster_state)
+    app.router.add_get("/api/ice-servers", ice_servers)
     app.router.add_post("/api/cluster/twins", create_twin)
     app.router.add_delete("/api/cluster/twins/{name}", delete_twin)
     app.router.add_post("/whep", whep_offer)

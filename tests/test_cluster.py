@@ -24,6 +24,8 @@ from tests.helpers import ServerProcess, http, measured, wait_until
 pytestmark = pytest.mark.integration
 
 TWINS = ("t1", "t2", "t3", "t4")
+TURN_URL = "turn:127.0.0.1:3478"  # never contacted: the test checks the credentials are handed out
+TURN_SECRET = "cluster-test-turn-secret-0123456789"
 RECOVERY_DEADLINE_S = 120.0  # a replacement node: a new Ray worker process, the runtime built, the engine timed
 
 
@@ -65,8 +67,9 @@ def running(pids: set[int]) -> set[int]:
 @pytest.fixture(scope="module")
 def cluster(pack: Path, artifact: Path) -> Iterator[ServerProcess]:
     """``twincast cluster --workers 2 --capacity 2`` with the tiny twin on a free loopback port."""
+    turn = {"TWINCAST_SERVE_TURN_URLS": TURN_URL, "TWINCAST_SERVE_TURN_SECRET": TURN_SECRET}
     with ServerProcess("cluster", "--workers", "2", "--twin", f"tiny={pack},{artifact}", "--capacity", "2",
-                       "--threads", "1", "--pose", "still", "--port", "0", startup_s=240) as process:
+                       "--threads", "1", "--pose", "still", "--port", "0", startup_s=240, env=turn) as process:
         yield process
 
 
@@ -147,6 +150,39 @@ def test_a_viewer_through_the_front_door_receives_frames(cluster: ServerProcess)
     assert deleted == 204
     status, body = http("POST", cluster.url + "/whep/nobody", "v=0\r\n", content_type="application/sdp")
     assert status == 404 and "nobody" in body["error"]
+
+
+def test_viewers_get_the_nodes_turn_credentials_through_the_front_door(cluster: ServerProcess) -> None:
+    """Viewers behind NAT need TURN: the front door hands out the nodes' ICE servers without the operator token,
+    and passes the WHEP answer's Link headers on."""
+    from aiortc import RTCPeerConnection
+
+    place_twins(cluster)
+    status, body = http("GET", cluster.url + "/api/ice-servers")
+    assert status == 200, body
+    (server,) = [entry for entry in body["iceServers"] if TURN_URL in entry["urls"]]
+    assert ":" in server["username"] and server["credential"]
+    assert TURN_SECRET not in str(body)
+
+    async def offer_through_front_door() -> tuple[int, list[str], str]:
+        peer = RTCPeerConnection()
+        peer.addTransceiver("video", direction="recvonly")
+        peer.addTransceiver("audio", direction="recvonly")
+        await peer.setLocalDescription(await peer.createOffer())
+        async with aiohttp.ClientSession() as client:
+            async with client.post(cluster.url + "/whep/t1", data=peer.localDescription.sdp,
+                                   headers={"Content-Type": "application/sdp"}) as response:
+                links, location = response.headers.getall("Link", []), response.headers.get("Location", "")
+                status = response.status
+            if location:
+                async with client.delete(cluster.url + location):
+                    pass
+        await peer.close()
+        return status, links, location
+
+    status, links, location = asyncio.run(offer_through_front_door())
+    assert status == 201 and location.startswith("/whep/t1/")
+    assert any(TURN_URL in link and 'rel="ice-server"' in link and "username=" in link for link in links), links
 
 
 def test_a_killed_node_s_twins_go_live_again_and_a_viewer_re_posting_gets_frames(cluster: ServerProcess) -> None:
