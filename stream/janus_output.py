@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import re
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -38,15 +37,12 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
-from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from stream.outputs import MAX_URL_CHARS, Backoff, mask_key
-from stream.peers import Viewer, close_peer
-from stream.session import Spawn
-from stream.stats import OutputStats
+from stream.outputs import MAX_URL_CHARS, mask_key
+from stream.peer_publish import PeerPublish, PublishFailure, TrackPair
 from twincast.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -59,14 +55,9 @@ HTTP_TIMEOUT_S = 10.0  # Janus must answer a request within this (a request's ev
 HANG_UP_TIMEOUT_S = 3.0  # each request of a hang-up (leave, detach, destroy) waits this long at most
 LONG_POLL_S = 30.0  # Janus answers a long poll within 30 s (a keepalive event when nothing happened)
 KEEPALIVE_S = 25.0  # Janus drops a session idle for 60 s
-CONNECT_TIMEOUT_S = 10.0  # the peer connection must be up this long after the answer
-SILENT_S = 10.0  # a live publish that gets no RTCP receiver report from Janus for this long is taken for gone
-WATCH_EVERY_S = 0.25
-MAX_ERROR_CHARS = 200
-TrackPair = Callable[[], tuple[MediaStreamTrack, MediaStreamTrack]]  # a fresh (video, audio) per connection
 
 
-class JanusFailure(Exception):
+class JanusFailure(PublishFailure):
     """A Janus request or connection failed or ended; the message says why (an output then reconnects)."""
 
 
@@ -319,32 +310,13 @@ class JanusApi:
             self.failure = self.failure or str(exc)
 
 
-class _Counted(MediaStreamTrack):
-    """A track passed through unchanged, calling ``count`` for each frame; stopping it stops the source."""
-
-    def __init__(self, source: MediaStreamTrack, count: Callable[[], None]) -> None:
-        super().__init__()
-        self.kind = source.kind
-        self._source = source
-        self._count = count
-
-    async def recv(self) -> Any:
-        frame = await self._source.recv()
-        self._count()
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        self._source.stop()
-
-
 def _rejected_video(answer_sdp: str) -> bool:
     """Whether an answer turns the video section down (port 0, or no video section at all)."""
     videos = [media for media in SessionDescription.parse(answer_sdp).media if media.kind == "video"]
     return not videos or all(media.port == 0 for media in videos)
 
 
-class JanusOutput:
+class JanusOutput(PeerPublish):
     """One publish of one session into a Janus VideoRoom (see the module docstring); an ``outputs.Output``.
 
     Args:
@@ -357,89 +329,29 @@ class JanusOutput:
     """
 
     kind = "janus"
+    remote = "Janus"
 
     def __init__(self, output_id: str, session_id: str, target: str, *, video_codec: str, tracks: TrackPair,
                  new_peer: Callable[[], RTCPeerConnection],
                  on_state: Callable[[JanusOutput], None] | None = None) -> None:
-        self.output_id = output_id
-        self.session_id = session_id
         self.target = parse_target(target)
+        super().__init__(output_id, session_id, tracks=tracks, new_peer=new_peer, on_state=on_state,
+                         secret=self.target.secret)
         self.video_codec = video_codec
-        self.state = "starting"
-        self.error: str | None = None
-        self.connects = 0
-        self.reconnects = 0
-        self.video_frames = 0
-        self.audio_frames = 0
         self.publisher_id: int | None = None  # this publish's id in the room (subscribers name it as their feed)
-        self.peer: RTCPeerConnection | None = None
-        self._tracks = tracks
-        self._new_peer = new_peer
-        self._on_state = on_state
-        self._sending: list[MediaStreamTrack] = []
-        self._backoff = Backoff()
-        self._http: aiohttp.ClientSession | None = None
         self._api: JanusApi | None = None
         self._handle: int | None = None
         self._hung_up: str | None = None  # why Janus ended the current connection (a hangup, the room destroyed)
-        self._task: asyncio.Task[Any] | None = None
 
-    def describe(self) -> OutputStats:
-        """For the API and stats: the target with its secret masked."""
-        return {"id": self.output_id, "session": self.session_id, "kind": self.kind,
-                "target": self.target.describe(), "state": self.state, "error": self.error,
-                "connects": self.connects, "reconnects": self.reconnects, "video_frames": self.video_frames,
-                "audio_frames": self.audio_frames, "dropped": 0, "repeated": 0}
-
-    def start(self, spawn: Spawn) -> None:
-        """Start publishing (a task made by ``spawn`` connects, watches and reconnects)."""
-        self._http = aiohttp.ClientSession()
-        self._task = spawn(self._run(), f"output-{self.output_id}-janus")
-
-    async def stop(self) -> None:
-        """Stop publishing: leave the room, detach, destroy the Janus session, close the peer, stop the tracks."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._hang_up(leave=True)
-        if self._http is not None:
-            await self._http.close()
-        self._set_state("stopped", self.error)
-
-    def _set_state(self, state: str, error: str | None = None) -> None:
-        self.state, self.error = state, error
-        if self._on_state is not None:
-            self._on_state(self)
-
-    def _scrub(self, text: str) -> str:
-        """Janus' or a library's message, with the secret (were it quoted) masked, cut short."""
-        if self.target.secret:
-            text = text.replace(self.target.secret, mask_key(self.target.secret))
-        return text[:MAX_ERROR_CHARS]
-
-    async def _run(self) -> None:
-        """Publish, and after each failure hang up, wait the backoff and publish again, until cancelled."""
-        while True:
-            try:
-                await self._publish_once()
-            except JanusFailure as exc:
-                reason = self._scrub(str(exc))
-            except Exception as exc:  # a bug or an aiortc surprise: reconnect rather than hang "live" for ever
-                log.exception("output %s: Janus publish failed", self.output_id)
-                reason = self._scrub(f"{type(exc).__name__}: {exc}")
-            await self._hang_up(leave=False)
-            wait_s = self._backoff.failed()
-            self.reconnects += 1
-            self._set_state("reconnecting", reason)
-            log.warning("output %s to %s: %s; reconnecting in %.0f s", self.output_id, self.target.describe(),
-                        reason, wait_s)
-            await asyncio.sleep(wait_s)
+    def target_shown(self) -> str:
+        """The target with its secret masked."""
+        return self.target.describe()
 
     async def _publish_once(self) -> NoReturn:
         """One publish: a Janus session, the room, the join, the offer and answer, then watch until it ends.
 
         Raises:
-            JanusFailure: always, once the publish could not be made or has ended (the message says why).
+            PublishFailure: always, once the publish could not be made or has ended (the message says why).
         """
         assert self._http is not None
         self._hung_up = None
@@ -450,22 +362,16 @@ class JanusOutput:
         joined, _ = await api.message(handle, {"request": "join", "ptype": "publisher", "room": self.target.room,
                                                "display": self.session_id, **self._pin()})
         self.publisher_id = int(joined["id"])
-        peer = self.peer = self._new_peer()
-        video, audio = self._tracks()
-        self._sending = [_Counted(video, self._count_video), _Counted(audio, self._count_audio)]
-        video_section = peer.addTransceiver(self._sending[0], direction="sendonly")
+        peer, video, audio = self._open_peer()
+        video_section = peer.addTransceiver(video, direction="sendonly")
         video_section.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("video").codecs
                                            if codec.mimeType.lower() == f"video/{self.video_codec}"])
-        peer.addTransceiver(self._sending[1], direction="sendonly")
+        peer.addTransceiver(audio, direction="sendonly")
         await peer.setLocalDescription(await peer.createOffer())
         _, jsep = await api.message(handle, {"request": "configure", "audio": True, "video": True},
                                     {"type": "offer", "sdp": peer.localDescription.sdp})
         await self._apply_answer(peer, jsep)
-        await self._connected(peer, api)
-        self.connects += 1
-        self._backoff.live()
-        self._set_state("live")
-        await self._watch(peer, api)
+        await self._go_live(peer)
 
     def _pin(self) -> dict[str, str]:
         return {"pin": self.target.secret} if self.target.secret else {}
@@ -524,67 +430,21 @@ class JanusOutput:
         elif data.get("leaving") == "ok" or data.get("kicked") == self.publisher_id:
             self._hung_up = "Janus took the publisher out of the room"
 
-    def _ended(self, peer: RTCPeerConnection, api: JanusApi) -> str | None:
-        """Why the current connection is over, or None while it lives."""
-        if peer.connectionState in ("failed", "closed"):
-            return f"the connection to Janus {peer.connectionState}"
-        return api.failure or self._hung_up
+    def _ended(self, peer: RTCPeerConnection) -> str | None:
+        """Why the current connection is over (the peer, the Janus session, or Janus' own word), or None."""
+        failure = self._api.failure if self._api is not None else None
+        return super()._ended(peer) or failure or self._hung_up
 
-    def _count_video(self) -> None:
-        self.video_frames += 1
-
-    def _count_audio(self) -> None:
-        self.audio_frames += 1
-
-    async def _connected(self, peer: RTCPeerConnection, api: JanusApi) -> None:
-        """Wait until ``peer`` is connected.
-
-        Raises:
-            JanusFailure: the connection or the Janus session ended, or it was not up within
-                ``CONNECT_TIMEOUT_S``.
-        """
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while peer.connectionState != "connected":
-            ended = self._ended(peer, api)
-            if ended:
-                raise JanusFailure(f"{ended} while connecting")
-            if time.monotonic() > deadline:
-                raise JanusFailure(f"no connection to Janus within {CONNECT_TIMEOUT_S:.0f} s of its answer (ICE or "
-                                   "DTLS did not complete)")
-            await asyncio.sleep(WATCH_EVERY_S)
-
-    async def _watch(self, peer: RTCPeerConnection, api: JanusApi) -> NoReturn:
-        """Wait until the live publish ends.
-
-        Raises:
-            JanusFailure: the connection or the Janus session ended, or Janus fell silent for ``SILENT_S``.
-        """
-        listener = Viewer(peer)  # Janus is heard from as a viewer is: by its RTCP receiver reports
-        while True:
-            await asyncio.sleep(WATCH_EVERY_S)
-            ended = self._ended(peer, api)
-            if ended:
-                raise JanusFailure(ended)
-            silent_s = time.monotonic() - await listener.listen()
-            if silent_s > SILENT_S:
-                raise JanusFailure(f"Janus sent no receiver report for {silent_s:.0f} s")
-
-    async def _hang_up(self, *, leave: bool) -> None:
-        """End the current publish, if any: ``leave`` the room (when stopping) and detach, destroy the Janus
+    async def _hang_up(self, *, stopping: bool) -> None:
+        """End the current publish, if any: leave the room (when ``stopping``) and detach, destroy the Janus
         session (all best effort, each briefly), close the peer, stop the tracks."""
         api, handle = self._api, self._handle
         self._api = self._handle = None
         if api is not None:
             if handle is not None and api.failure is None:
                 with contextlib.suppress(JanusFailure):
-                    if leave:
+                    if stopping:
                         await api.message(handle, {"request": "leave"}, timeout_s=HANG_UP_TIMEOUT_S)
                     await api.detach(handle)
             await api.close()
-        if self.peer is not None:
-            await close_peer(self.peer)
-            self.peer = None
-        for track in self._sending:
-            with contextlib.suppress(MediaStreamError):
-                track.stop()
-        self._sending = []
+        await self._close_peer()

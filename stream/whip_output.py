@@ -20,24 +20,21 @@ endpoint's error text that quotes it is masked before it is shown or logged.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import re
-import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
-from aiortc.mediastreams import MediaStreamError
 
-from stream.outputs import MAX_URL_CHARS, Backoff, mask_key
-from stream.peers import MAX_SDP_BYTES, Viewer, close_peer
-from stream.session import Spawn
+from stream.outputs import MAX_URL_CHARS, mask_key
+from stream.peer_publish import PeerPublish, PublishFailure, TrackPair
+from stream.peers import MAX_SDP_BYTES
 from stream.stats import OutputStats
 from twincast.errors import InputError
 
@@ -45,14 +42,9 @@ log = logging.getLogger(__name__)
 WHIP_URL = re.compile(r"^https?://[!-.0-~]+(/[!-~]*)?$")  # printable ASCII; no '/' in the host part
 MAX_TOKEN_CHARS = 4096
 HTTP_TIMEOUT_S = 10.0  # the endpoint must answer a POST or a DELETE within this
-CONNECT_TIMEOUT_S = 10.0  # and the peer connection must be up this long after the answer
-SILENT_S = 10.0  # a live endpoint that sends no RTCP receiver report for this long is taken for gone
-WATCH_EVERY_S = 0.25
-MAX_ERROR_CHARS = 200
-TrackPair = Callable[[], tuple[MediaStreamTrack, MediaStreamTrack]]  # a fresh (video, audio) per connection
 
 
-class WhipFailure(Exception):
+class WhipFailure(PublishFailure):
     """One WHIP connection could not be made or ended; the message says why (the output then reconnects)."""
 
 
@@ -97,26 +89,7 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit_bytes: int) -> b
     return bytes(kept[:limit_bytes + 1])
 
 
-class _Counted(MediaStreamTrack):
-    """A track passed through unchanged, calling ``count`` for each frame; stopping it stops the source."""
-
-    def __init__(self, source: MediaStreamTrack, count: Callable[[], None]) -> None:
-        super().__init__()
-        self.kind = source.kind
-        self._source = source
-        self._count = count
-
-    async def recv(self) -> Any:
-        frame = await self._source.recv()
-        self._count()
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        self._source.stop()
-
-
-class WhipOutput:
+class WhipOutput(PeerPublish):
     """One WHIP publish of one session (see the module docstring); an ``outputs.Output``.
 
     Args:
@@ -129,91 +102,36 @@ class WhipOutput:
     """
 
     kind = "whip"
+    remote = "the WHIP endpoint"
 
     def __init__(self, output_id: str, session_id: str, url: str, token: str | None, *, tracks: TrackPair,
                  new_peer: Callable[[], RTCPeerConnection],
                  on_state: Callable[[WhipOutput], None] | None = None) -> None:
-        self.output_id = output_id
-        self.session_id = session_id
         self.url = check_whip_url(url)
         self._token = check_token(token)
-        self.state = "starting"
-        self.error: str | None = None
-        self.connects = 0
-        self.reconnects = 0
-        self.video_frames = 0
-        self.audio_frames = 0
+        super().__init__(output_id, session_id, tracks=tracks, new_peer=new_peer, on_state=on_state,
+                         secret=self._token)
         self.resource: str | None = None  # the WHIP session URL of the current connection
-        self.peer: RTCPeerConnection | None = None
-        self._tracks = tracks
-        self._new_peer = new_peer
-        self._on_state = on_state
-        self._sending: list[MediaStreamTrack] = []
-        self._backoff = Backoff()
-        self._http: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[Any] | None = None
+
+    def target_shown(self) -> str:
+        """The URL without its query."""
+        return mask_query(self.url)
 
     def describe(self) -> OutputStats:
         """For the API and stats: the URL without its query, the token masked."""
-        return {"id": self.output_id, "session": self.session_id, "kind": self.kind, "target": mask_query(self.url),
-                "state": self.state, "error": self.error, "connects": self.connects, "reconnects": self.reconnects,
-                "video_frames": self.video_frames, "audio_frames": self.audio_frames, "dropped": 0, "repeated": 0,
-                "token": mask_key(self._token) if self._token else None}
+        return {**super().describe(), "token": mask_key(self._token) if self._token else None}
 
-    def start(self, spawn: Spawn) -> None:
-        """Start publishing (a task made by ``spawn`` connects, watches and reconnects)."""
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
-        self._task = spawn(self._run(), f"output-{self.output_id}-whip")
-
-    async def stop(self) -> None:
-        """Stop publishing: DELETE the WHIP session, close the peer, stop the tracks."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._hang_up()
-        if self._http is not None:
-            await self._http.close()
-        self._set_state("stopped", self.error)
-
-    def _set_state(self, state: str, error: str | None = None) -> None:
-        self.state, self.error = state, error
-        if self._on_state is not None:
-            self._on_state(self)
-
-    def _scrub(self, text: str) -> str:
-        """An endpoint's or a library's message, with the token (were it quoted) masked, cut short."""
-        if self._token:
-            text = text.replace(self._token, mask_key(self._token))
-        return text[:MAX_ERROR_CHARS]
-
-    async def _run(self) -> None:
-        """Publish, and after each failure hang up, wait the backoff and publish again, until cancelled."""
-        while True:
-            try:
-                await self._publish_once()
-            except WhipFailure as exc:
-                reason = self._scrub(str(exc))
-            except Exception as exc:  # a bug or an aiortc surprise: reconnect rather than hang "live" for ever
-                log.exception("output %s: WHIP publish failed", self.output_id)
-                reason = self._scrub(f"{type(exc).__name__}: {exc}")
-            await self._hang_up()
-            wait_s = self._backoff.failed()
-            self.reconnects += 1
-            self._set_state("reconnecting", reason)
-            log.warning("output %s to %s: %s; reconnecting in %.0f s", self.output_id, mask_query(self.url), reason,
-                        wait_s)
-            await asyncio.sleep(wait_s)
+    def _new_http(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
 
     async def _publish_once(self) -> NoReturn:
         """One WHIP session: offer, answer, connect, then watch until it ends.
 
         Raises:
-            WhipFailure: always, once the session could not be made or has ended (the message says why).
+            PublishFailure: always, once the session could not be made or has ended (the message says why).
         """
-        peer = self.peer = self._new_peer()
-        video, audio = self._tracks()
-        self._sending = [_Counted(video, self._count_video), _Counted(audio, self._count_audio)]
-        for track in self._sending:
+        peer, video, audio = self._open_peer()
+        for track in (video, audio):
             peer.addTransceiver(track, direction="sendonly")
         await peer.setLocalDescription(await peer.createOffer())
         answer = await self._post_offer(peer.localDescription.sdp)
@@ -222,17 +140,7 @@ class WhipOutput:
         except (ValueError, TypeError, KeyError, IndexError, AssertionError, AttributeError, StopIteration,
                 InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
             raise WhipFailure(f"the WHIP endpoint's answer could not be applied ({type(exc).__name__}: {exc})") from exc
-        await self._connected(peer)
-        self.connects += 1
-        self._backoff.live()
-        self._set_state("live")
-        await self._watch(peer)
-
-    def _count_video(self) -> None:
-        self.video_frames += 1
-
-    def _count_audio(self) -> None:
-        self.audio_frames += 1
+        await self._go_live(peer)
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Content-Type": content_type} if content_type else {}
@@ -275,37 +183,7 @@ class WhipOutput:
                         "be deleted", self.output_id)
         return body
 
-    async def _connected(self, peer: RTCPeerConnection) -> None:
-        """Wait until ``peer`` is connected.
-
-        Raises:
-            WhipFailure: it failed or closed, or was not connected within ``CONNECT_TIMEOUT_S``.
-        """
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while peer.connectionState != "connected":
-            if peer.connectionState in ("failed", "closed"):
-                raise WhipFailure(f"the connection to the WHIP endpoint {peer.connectionState} while connecting")
-            if time.monotonic() > deadline:
-                raise WhipFailure(f"no connection to the WHIP endpoint within {CONNECT_TIMEOUT_S:.0f} s of its "
-                                  "answer (ICE or DTLS did not complete)")
-            await asyncio.sleep(WATCH_EVERY_S)
-
-    async def _watch(self, peer: RTCPeerConnection) -> NoReturn:
-        """Wait until the live connection ends.
-
-        Raises:
-            WhipFailure: the connection failed or closed, or the endpoint fell silent for ``SILENT_S``.
-        """
-        listener = Viewer(peer)  # the endpoint is heard from as a viewer is: by its RTCP receiver reports
-        while True:
-            await asyncio.sleep(WATCH_EVERY_S)
-            if peer.connectionState in ("failed", "closed"):
-                raise WhipFailure(f"the connection to the WHIP endpoint {peer.connectionState}")
-            silent_s = time.monotonic() - await listener.listen()
-            if silent_s > SILENT_S:
-                raise WhipFailure(f"the WHIP endpoint sent no receiver report for {silent_s:.0f} s")
-
-    async def _hang_up(self) -> None:
+    async def _hang_up(self, *, stopping: bool) -> None:
         """End the current WHIP session, if any: DELETE it (best effort), close the peer, stop the tracks."""
         if self.resource is not None:
             assert self._http is not None
@@ -315,10 +193,4 @@ class WhipOutput:
                         log.warning("output %s: the WHIP endpoint answered DELETE with %d", self.output_id,
                                     response.status)
             self.resource = None
-        if self.peer is not None:
-            await close_peer(self.peer)
-            self.peer = None
-        for track in self._sending:
-            with contextlib.suppress(MediaStreamError):
-                track.stop()
-        self._sending = []
+        await self._close_peer()
