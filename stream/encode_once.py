@@ -204,7 +204,57 @@ class ViewerVideo(PacketTrack):
                 return private
 
 
-class SharedVideo:
+class SharedStream:
+    """One encoder's packets for many subscribers: it reads the session's source (made by ``source`` when the
+    first subscriber comes) only while it has subscribers, and stops it with the last one. Subclasses encode in
+    ``_encode_from``, handing each packet to ``_offer``."""
+
+    def __init__(self, source: Callable[[], MediaStreamTrack], spawn: Spawn, name: str) -> None:
+        self._source_factory = source
+        self._spawn = spawn
+        self._name = name
+        self._subscribers: list[PacketTrack] = []
+        self._task: asyncio.Task[None] | None = None
+        self._source: MediaStreamTrack | None = None
+
+    @property
+    def viewers(self) -> int:
+        """Subscribers reading the shared packets."""
+        return len(self._subscribers)
+
+    def _add(self, track: PacketTrack) -> None:
+        self._subscribers.append(track)
+        if self._task is None:
+            self._source = self._source_factory()
+            self._task = self._spawn(self._run(self._source), f"{self._name}-{id(self):x}")
+
+    def unsubscribe(self, track: PacketTrack) -> None:
+        """A subscriber's track stopped; the last one stops the encoder and its source."""
+        if track in self._subscribers:
+            self._subscribers.remove(track)
+        if not self._subscribers and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            if self._source is not None:
+                self._source.stop()
+                self._source = None
+
+    def _offer(self, frame: Any, packet: av.Packet) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.offer(frame, packet)
+
+    async def _run(self, source: MediaStreamTrack) -> None:
+        try:
+            await self._encode_from(source)
+        except MediaStreamError:  # the session's track ended: so do its subscribers'
+            for subscriber in list(self._subscribers):
+                subscriber.stop()
+
+    async def _encode_from(self, source: MediaStreamTrack) -> None:
+        raise NotImplementedError
+
+
+class SharedVideo(SharedStream):
     """A session's video encoded once for every viewer (see the module docstring). It reads the session's
     frames only while it has viewers: ``subscribe`` starts it, the last viewer's track stopping stops it.
 
@@ -213,43 +263,20 @@ class SharedVideo:
 
     def __init__(self, codec: str, fps: int, source: Callable[[], MediaStreamTrack], spawn: Spawn, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(source, spawn, "shared-video")
         self.codec = codec
         self.fps = fps
         self.counts = EncodeCounts()
-        self._source_factory = source
-        self._spawn = spawn
         self._clock = clock
-        self._viewers: list[ViewerVideo] = []
-        self._task: asyncio.Task[None] | None = None
-        self._source: MediaStreamTrack | None = None
         self._size: tuple[int, int] | None = None
         self._waiting = False  # a viewer waits for a shared keyframe to rejoin
         self._last_keyframe_s = -REJOIN_EVERY_S
 
-    @property
-    def viewers(self) -> int:
-        """Viewers reading the shared packets."""
-        return len(self._viewers)
-
     def subscribe(self) -> ViewerVideo:
         """A new viewer's video track (repaired from its first frame); starts encoding if it is the first."""
         track = ViewerVideo(self)
-        self._viewers.append(track)
-        if self._task is None:
-            self._source = self._source_factory()
-            self._task = self._spawn(self._run(self._source), f"shared-video-{id(self):x}")
+        self._add(track)
         return track
-
-    def unsubscribe(self, track: PacketTrack) -> None:
-        """A viewer's track stopped; the last one stops the encoder and its source."""
-        if track in self._viewers:
-            self._viewers.remove(track)
-        if not self._viewers and self._task is not None:
-            self._task.cancel()
-            self._task = None
-            if self._source is not None:
-                self._source.stop()
-                self._source = None
 
     def wait_for_keyframe(self) -> None:
         """A viewer is repaired and will rejoin at the next shared keyframe (made within ``REJOIN_EVERY_S``)."""
@@ -260,78 +287,49 @@ class SharedVideo:
         assert self._size is not None, "a viewer is repaired only once frames flow"
         return new_video_encoder(self.codec, *self._size, self.fps)
 
-    async def _run(self, source: MediaStreamTrack) -> None:
+    async def _encode_from(self, source: MediaStreamTrack) -> None:
         loop = asyncio.get_running_loop()
         context: Any = None
-        try:
-            while True:
-                frame = await source.recv()
-                assert isinstance(frame, av.VideoFrame)
-                if context is None or self._size != (frame.width, frame.height):
-                    self._size = (frame.width, frame.height)
-                    context = new_video_encoder(self.codec, frame.width, frame.height, self.fps)
-                now = self._clock()
-                keyframe = self._waiting and now - self._last_keyframe_s >= REJOIN_EVERY_S
-                packet = await loop.run_in_executor(None, encode_frame, context, frame, keyframe)
-                self.counts.shared_frames += 1
-                if packet is not None:
-                    if packet.is_keyframe:  # asked for, or a new encoder's first frame: waiting viewers rejoin
-                        self._waiting = False
-                        self._last_keyframe_s = now
-                        self.counts.shared_keyframes += 1
-                    for viewer in list(self._viewers):
-                        viewer.offer(frame, packet)
-        except MediaStreamError:
-            for viewer in list(self._viewers):
-                viewer.stop()
+        while True:
+            frame = await source.recv()
+            assert isinstance(frame, av.VideoFrame)
+            if context is None or self._size != (frame.width, frame.height):
+                self._size = (frame.width, frame.height)
+                context = new_video_encoder(self.codec, frame.width, frame.height, self.fps)
+            now = self._clock()
+            keyframe = self._waiting and now - self._last_keyframe_s >= REJOIN_EVERY_S
+            packet = await loop.run_in_executor(None, encode_frame, context, frame, keyframe)
+            self.counts.shared_frames += 1
+            if packet is not None:
+                if packet.is_keyframe:  # asked for, or a new encoder's first frame: waiting viewers rejoin
+                    self._waiting = False
+                    self._last_keyframe_s = now
+                    self.counts.shared_keyframes += 1
+                self._offer(frame, packet)
 
 
-class SharedAudio:
+class SharedAudio(SharedStream):
     """A session's audio encoded to Opus once (aiortc's own Opus encoder and settings) for every viewer; reads the
     session's audio only while it has viewers. ``source`` makes the paced audio track when it starts."""
 
     def __init__(self, source: Callable[[], MediaStreamTrack], spawn: Spawn) -> None:
-        self._source_factory = source
-        self._spawn = spawn
-        self._listeners: list[PacketTrack] = []
-        self._task: asyncio.Task[None] | None = None
-        self._source: MediaStreamTrack | None = None
+        super().__init__(source, spawn, "shared-audio")
 
     def subscribe(self) -> PacketTrack:
         """A new viewer's audio track."""
-        track = PacketTrack("audio", self._unsubscribe)
-        self._listeners.append(track)
-        if self._task is None:
-            self._source = self._source_factory()
-            self._task = self._spawn(self._run(self._source), f"shared-audio-{id(self):x}")
+        track = PacketTrack("audio", self.unsubscribe)
+        self._add(track)
         return track
 
-    def _unsubscribe(self, track: PacketTrack) -> None:
-        if track in self._listeners:
-            self._listeners.remove(track)
-        if not self._listeners and self._task is not None:
-            self._task.cancel()
-            self._task = None
-            if self._source is not None:
-                self._source.stop()
-                self._source = None
-
-    async def _run(self, source: MediaStreamTrack) -> None:
+    async def _encode_from(self, source: MediaStreamTrack) -> None:
         encoder = OpusEncoder()
         base = fractions.Fraction(1, OPUS_RATE_HZ)
-        try:
-            while True:
-                frame = await source.recv()
-                assert isinstance(frame, av.AudioFrame)
-                payloads, timestamp = encoder.encode(frame)
-                if not payloads:
-                    continue  # the resampler is still filling its first frame
-                for index, payload in enumerate(payloads):
-                    packet = av.Packet(payload)
-                    packet.pts = timestamp + index * (OPUS_RATE_HZ // 50)
-                    packet.time_base = base
-                    for listener in list(self._listeners):
-                        listener.offer(frame, packet)
-        except MediaStreamError:
-            for listener in list(self._listeners):
-                listener.stop()
+        while True:
+            frame = await source.recv()
+            assert isinstance(frame, av.AudioFrame)
+            payloads, timestamp = encoder.encode(frame)
+            for index, payload in enumerate(payloads):  # none while the resampler fills its first frame
+                packet = av.Packet(payload)
+                packet.pts = timestamp + index * (OPUS_RATE_HZ // 50)
+                packet.time_base = base
+                self._offer(frame, packet)
