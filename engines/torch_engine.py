@@ -38,9 +38,9 @@ class TorchEngine(Engine):
     captured once into a CUDA graph with static input and output buffers, then replayed (no per-call kernel
     launch overhead). Its inputs and output pass through pinned (page-locked) host buffers of that batch size: the
     copies to and from the GPU are asynchronous DMA, and the call waits for them on a CUDA event, which lets go of
-    the interpreter lock while it waits (a pageable ``.cpu()`` copy stages through a bounce buffer, and the render
-    worker's thread held the lock for more of the call: the live server's event loop, on the same interpreter,
-    then waited — the "batch-32 call ~45 % slower inside the worker" of issue 13).
+    the interpreter lock while it waits. (A pageable ``.cpu()`` copy stages through a bounce buffer; whether it
+    is what made a batch-32 call about 45 % slower inside the live server's render worker than alone is for the
+    next GPU run to show: ``bench.sessions --whole-server`` reports the worker's stage timings.)
     """
 
     name = "torch"
