@@ -12,9 +12,8 @@
 # result is packed with xz into DEST/site-py312.tar.xz (~31 MB); gpu_server.sh unpacks it into /tmp/site.
 # KEEP_WHEELS=1 keeps the plain wheels in DEST instead (gpu_server.sh then pip-installs them).
 #
-# DEST must never be committed nor show as untracked: add it to this checkout's own ignore list once,
-#   echo /.whl/ >> .git/info/exclude
-# then carry it to the GPU machine (device tool: carry [".whl"]) and run `bash bench/gpu_server.sh` there.
+# .whl/ is in .gitignore (never committed); copy it to the GPU machine beside the repository and run
+# `bash bench/gpu_server.sh` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.whl}
@@ -50,7 +49,4 @@ else
 fi
 (cd "$SCRATCH/wheels" && ls) > "$DEST/wheels.txt"
 du -sh "$DEST"
-if [ "$DEST" = ".whl" ] && ! grep -qxF "/.whl/" .git/info/exclude 2>/dev/null; then
-  echo "NOTE: add /.whl/ to .git/info/exclude (echo /.whl/ >> .git/info/exclude) so it is never committed;"
-  echo "      then carry .whl to the GPU machine and run bash bench/gpu_server.sh there."
-fi
+echo "copy $DEST to the GPU machine's repository root and run bash bench/gpu_server.sh there"

@@ -4,7 +4,7 @@
 #
 #   here:  bash bench/fetch_gpu_wheels.sh      (PyAV + aiortc for Python 3.12 into .whl; add /.whl/ to
 #                                               .git/info/exclude)
-#   there: bash bench/gpu_server.sh           (device tool: carry [".whl"]; about 6 minutes, at most ~8)
+#   there: bash bench/gpu_server.sh           (with .whl copied beside it; about 6 minutes, at most ~8)
 #
 # Installs the carried PyAV/aiortc (.whl/site-py312.tar.xz, or .whl/*.whl) into /tmp/site, prints the device,
 # builds a small synthetic pack as a check that PyAV writes H.264, then measures the server with max batch 16
