@@ -2,8 +2,7 @@
 # The whole server on a GPU: how many `base` twins one card carries at 25 fps with >= 98 % of frames on time,
 # compositing, encoding and WebRTC viewers included (bench.sessions --whole-server; see bench/whole_server.py).
 #
-#   here:  bash bench/fetch_gpu_wheels.sh      (PyAV + aiortc for Python 3.12 into .whl; add /.whl/ to
-#                                               .git/info/exclude)
+#   here:  bash bench/fetch_gpu_wheels.sh      (PyAV + aiortc for Python 3.12 into .whl, which git ignores)
 #   there: bash bench/gpu_server.sh           (with .whl copied beside it; about 6 minutes, at most ~8)
 #
 # Installs the carried PyAV/aiortc (.whl/site-py312.tar.xz, or .whl/*.whl) into /tmp/site, prints the device,
