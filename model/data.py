@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,14 @@ class Batch:
     target: Tensor
     reference: Tensor
     mel: Tensor
+
+
+class Sampler(Protocol):
+    """What the training loop draws batches from: one pack (``PackSampler``) or several (``model.prior``)."""
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch of ``batch_size`` training samples, drawn with ``generator``."""
+        ...
 
 
 class PackSampler:

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from avatar.pack import AvatarPack
 from model.autoencoder import load_autoencoder
 from model.checkpoint import ROLE_FILES, resume_file, save_checkpoint
 from model.config import ModelConfig, TrainConfig
-from model.data import Batch, PackSampler
+from model.data import Batch, PackSampler, Sampler
 from model.flow import interpolate, sample_time, velocity_loss
 from model.loop import (
     StepObserver,
@@ -96,32 +97,107 @@ def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, ge
 
 def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
           force: bool = False, resume: bool = False, half: bool = False, progress: bool = True,
-          on_step: StepObserver | None = None) -> TrainResult:
+          on_step: StepObserver | None = None, init_from: Path | None = None) -> TrainResult:
     """Train on ``pack_path``; writes the role's checkpoint and report into the run directory ``out``.
 
     ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
+    ``init_from``, when given, is a prior's directory (``model.prior``): its weights are loaded into the network
+    before step 0 (the denoiser only: a latent model keeps the person's own autoencoder), and the checkpoint and
+    report record it (``init_from``: path and the hash of the prior's model card).
 
     Raises:
         InputError: ``out`` already holds this role (and neither ``force`` nor ``resume``), ``resume`` without
-            a resumable state, or a model that does not fit the pack.
+            a resumable state, a model that does not fit the pack, or a prior whose model differs.
     """
     role = role_of(train_config)
-    target_file = out / ROLE_FILES[role]
     pack = AvatarPack.load(pack_path)
     check_fits(model_config, pack)
-    state_file = out / resume_file(role)
-    if resume and not state_file.is_file():
-        raise InputError(f"--resume: {out} has no {state_file.name} to continue from")
-    if target_file.exists() and not (force or resume):
-        raise InputError(f"{out} already holds a {role} ({target_file.name}); choose another --out, --resume, "
-                         "or pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run(out, role, force=force, resume=resume)
     device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
     sampler = PackSampler(pack)
     network = TwinDenoiser(model_config)
     if network.autoencoder is not None:
         network.autoencoder.load_state_dict(load_autoencoder(out, model_config).state_dict())
         network.autoencoder.requires_grad_(False)
+    origin = None
+    if init_from is not None:
+        from model.prior import initialise_from
+
+        origin = initialise_from(network, init_from)
+    info = pack_info(pack, pack_path)
+    outcome = fit(network, sampler, out, role, train_config, device=device, generator=generator, pack=info,
+                  resume=resume, half=half, progress=progress, on_step=on_step,
+                  extra={"init_from": origin} if origin is not None else None)
+    report = {**outcome.report(role, model_config, train_config, network), "pack": info, "init_from": origin}
+    atomic_write_bytes(out / REPORT_FILES[role], json.dumps(report, indent=1).encode())
+    return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=outcome.final_loss,
+                       seconds=outcome.seconds)
+
+
+def prepare_run(out: Path, role: str, *, force: bool, resume: bool) -> None:
+    """Make the run directory ``out``, refusing to overwrite a role's checkpoint by mistake.
+
+    Raises:
+        InputError: ``resume`` without a resumable state, or ``out`` already holds the role and neither
+            ``force`` nor ``resume`` was given.
+    """
+    state_file = out / resume_file(role)
+    if resume and not state_file.is_file():
+        raise InputError(f"--resume: {out} has no {state_file.name} to continue from")
+    target_file = out / ROLE_FILES[role]
+    if target_file.exists() and not (force or resume):
+        raise InputError(f"{out} already holds a {role} ({target_file.name}); choose another --out, --resume, "
+                         "or pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    """What ``fit`` did: the losses of every step, the wall time and the device."""
+
+    losses: list[float]
+    seconds: float
+    device: torch.device
+
+    @property
+    def final_loss(self) -> float:
+        """The mean of the last losses (``recent_loss``)."""
+        return recent_loss(self.losses)
+
+    def report(self, role: str, model_config: ModelConfig, train_config: TrainConfig,
+               network: torch.nn.Module) -> dict[str, Any]:
+        """The report fields every trainer of this loop writes."""
+        return {
+            "role": role,
+            "preset": model_config.preset,
+            "steps": train_config.steps,
+            "seconds": round(self.seconds, 2),
+            "device": str(self.device),
+            "final_loss": self.final_loss,
+            "loss_every_10": [round(v, 5) for v in self.losses[::10]],
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "model": asdict(model_config),
+            "train": asdict(train_config),
+        }
+
+
+def fit(network: TwinDenoiser, sampler: Sampler, out: Path, role: str, train_config: TrainConfig, *,
+        device: torch.device, generator: torch.Generator, pack: dict[str, Any], resume: bool = False,
+        half: bool = False, progress: bool = True, on_step: StepObserver | None = None,
+        extra: dict[str, Any] | None = None) -> LoopOutcome:
+    """The training loop every renderer trainer shares: ``train_config.steps`` optimiser steps on batches from
+    ``sampler`` (with the role's loss, the warm-up/cosine rate, mixed precision and the EMA of weights), with a
+    resumable state and a checkpoint every ``checkpoint_every`` steps, and the final checkpoint in ``out``.
+
+    ``network`` arrives built and initialised (its autoencoder loaded, a prior's weights in); ``pack`` and
+    ``extra`` are what the checkpoint records about its data and its start.
+
+    Raises:
+        InputError: ``resume`` from a state of another role, or the loss diverged.
+    """
+    model_config = network.config
+    target_file = out / ROLE_FILES[role]
+    state_file = out / resume_file(role)
     network = network.to(device)
     ema = copy.deepcopy(network).eval() if train_config.ema_decay > 0 else None
     optimizer = torch.optim.AdamW(network.trainable(), lr=train_config.learning_rate,
@@ -130,10 +206,14 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
     if resume:
         start_step, losses = _restore(state_file, role, network, ema, optimizer, generator)
     step_loss = flow_step if train_config.objective == "flow" else regression_step
-    info = pack_info(pack, pack_path)
     started = time.monotonic()
     bar = tqdm(range(start_step, train_config.steps), initial=start_step, total=train_config.steps,
                desc=f"train {model_config.preset} {role}", unit="step", disable=not progress)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(target_file, model=model_config, train=train_config, state_dict=(ema or network).state_dict(),
+                        step=step, pack=pack, extra=extra, role=role, half=half)
+
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, train_config)
@@ -151,28 +231,11 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         every = train_config.checkpoint_every
         if every and (step + 1) % every == 0 and step + 1 < train_config.steps:
             save_resume(state_file, role, step + 1, network, ema, optimizer, generator, losses)
-            save_checkpoint(target_file, model=model_config, train=train_config,
-                            state_dict=(ema or network).state_dict(), step=step + 1, pack=info, role=role, half=half)
+            checkpoint(step + 1)
     seconds = time.monotonic() - started
-    save_checkpoint(target_file, model=model_config, train=train_config, state_dict=(ema or network).state_dict(),
-                    step=train_config.steps, pack=info, role=role, half=half)
+    checkpoint(train_config.steps)
     save_resume(state_file, role, train_config.steps, network, ema, optimizer, generator, losses)
-    final_loss = recent_loss(losses)
-    report = {
-        "role": role,
-        "preset": model_config.preset,
-        "steps": train_config.steps,
-        "seconds": round(seconds, 2),
-        "device": str(device),
-        "final_loss": final_loss,
-        "loss_every_10": [round(v, 5) for v in losses[::10]],
-        "parameters": sum(p.numel() for p in network.parameters()),
-        "model": asdict(model_config),
-        "train": asdict(train_config),
-        "pack": info,
-    }
-    atomic_write_bytes(out / REPORT_FILES[role], json.dumps(report, indent=1).encode())
-    return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=final_loss, seconds=seconds)
+    return LoopOutcome(losses=losses, seconds=seconds, device=device)
 
 
 def save_resume(path: Path, role: str, step: int, network: torch.nn.Module, ema: torch.nn.Module | None,

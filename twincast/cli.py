@@ -137,12 +137,17 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its resume.pt")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing run")
+    parser.add_argument("--from", dest="init_from", type=Path, metavar="PRIOR",
+                        help="start from this prior's weights (a directory made by twincast prior; default for the "
+                        "teacher: the prior shipped for the size, when one ships)")
+    parser.add_argument("--from-scratch", action="store_true", help="start from random weights, not a prior")
 
 
 @command("train", "avatar pack → trained renderer (a run directory)", _train_arguments)
 def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.pack import AvatarPack
     from model.config import TrainConfig, preset
+    from model.prior import choose_prior
     from model.train import train
 
     pack = AvatarPack.load(args.pack)
@@ -151,9 +156,47 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
                                 overrides={"steps": args.steps, "batch_size": args.batch_size,
                                            "learning_rate": args.learning_rate, "seed": args.seed,
                                            "objective": args.objective})
+    init_from, _ = choose_prior(args.preset, prior=args.init_from,
+                                from_scratch=args.from_scratch or train_config.objective != "flow")
     result = train(args.pack, args.out, chosen.model, train_config, force=args.force, resume=args.resume,
-                   half=args.half, progress=_progress(args))
+                   half=args.half, progress=_progress(args), init_from=init_from)
     print(json.dumps({"run": str(result.run), "role": result.role, "steps": result.steps,
+                      "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
+                      "init_from": None if init_from is None else str(init_from)}))
+    return 0
+
+
+def _prior_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("packs", type=Path, nargs="+", metavar="PACK", help="the people's avatar packs")
+    parser.add_argument("--out", type=Path, required=True, help="the prior's directory")
+    parser.add_argument("--config", "--preset", dest="preset", default="demo", help="model size: demo (default), tiny")
+    parser.add_argument("--licence", action="append", default=[],
+                        help="each pack's licence, once per pack in order (recorded as given; default unknown)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-augment", action="store_true", help="no colour, mirror or affine augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted prior")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing prior")
+
+
+@command("prior", "several avatar packs → a prior that new twins start from", _prior_arguments)
+def cmd_prior(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from avatar.pack import AvatarPack
+    from model.config import TrainConfig, preset
+    from model.prior import NO_AUGMENTATION, Augmentation, train_prior
+
+    first = AvatarPack.load(args.packs[0]).meta
+    chosen = preset(args.preset, crop_px=first.crop_px, mask_top=first.mask_top)
+    train_config = build_config(TrainConfig, section="train", toml=toml, env=os.environ, base=chosen.train,
+                                overrides={"steps": args.steps, "batch_size": args.batch_size,
+                                           "learning_rate": args.learning_rate, "seed": args.seed})
+    result = train_prior(args.packs, args.out, chosen.model, train_config, licences=args.licence,
+                         augmentation=NO_AUGMENTATION if args.no_augment else Augmentation(), force=args.force,
+                         resume=args.resume, half=args.half, progress=_progress(args))
+    print(json.dumps({"prior": str(result.run), "card": str(result.run / "prior.json"), "steps": result.steps,
                       "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1)}))
     return 0
 
@@ -295,6 +338,9 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
                         "are clearly faster)")
     parser.add_argument("--preview-every", default="2m", help="render a holdout preview this often while training")
     parser.add_argument("--force", action="store_true", help="start again, replacing what the directory holds")
+    parser.add_argument("--prior", type=Path, help="start the teacher from this prior (default: the one shipped for "
+                        "the size, when one ships)")
+    parser.add_argument("--from-scratch", action="store_true", help="start the teacher from random weights")
     parser.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     parser.add_argument("--worker", action="store_true",
                         help="run as the server's training worker: lowest CPU priority, JSON lines, stop with the "
@@ -318,7 +364,8 @@ def cmd_create(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     options = CreateOptions(
         video=args.video, name=args.name, out=args.out or Path("twins") / args.name, size=args.size,
         budget_s=parse_duration(args.budget), device=args.device, threads=args.threads,
-        preview_every_s=parse_duration(args.preview_every), force=args.force,
+        preview_every_s=parse_duration(args.preview_every), force=args.force, prior=args.prior,
+        from_scratch=args.from_scratch,
         enroll=build_config(EnrollConfig, section="enroll", toml=toml, env=os.environ))
     reporter: Reporter = (JsonLines() if args.json or args.worker else
                           PlainText() if args.quiet else ProgressBar())

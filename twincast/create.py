@@ -58,6 +58,8 @@ class CreateOptions:
     preview_every_s: float = 120.0
     force: bool = False
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    prior: Path | None = None  # the prior the teacher starts from (default: the one shipped for the size, if any)
+    from_scratch: bool = False  # start the teacher from random weights even when a prior ships
 
     def __post_init__(self) -> None:
         import re
@@ -207,6 +209,9 @@ def _prepare(options: CreateOptions, reporter: Reporter) -> tuple[TwinState, boo
         reporter.emit(Event("plan", {"plan": existing.data["plan"], "resumed": True, "text": plan_text(
             existing.plan, options.name, resumed_after=done[-1] if done else "nothing")}))
         return existing, True
+    from model.prior import choose_prior
+
+    prior, prior_text = choose_prior(options.size, prior=options.prior, from_scratch=options.from_scratch)
     _clear(options)
     planning_started = time.monotonic()
     from avatar.enroll import holdout_block
@@ -232,12 +237,15 @@ def _prepare(options: CreateOptions, reporter: Reporter) -> tuple[TwinState, boo
         "state": "running", "started_at": round(time.time(), 3), "planning_s": round(planning_s, 2),
         "threads_measured": {str(count): round(seconds, 4) for count, seconds in timings.items()},
         "plan": chosen_plan.to_dict(), "stages": {}, "messages": [],
+        "prior": {"path": None if prior is None else str(prior.resolve()), "text": prior_text},
     })
+    state.note(f"teacher: {prior_text}")
     for warning in checked.warnings:
         state.note(f"note: {warning}")
     state.save()
     reporter.emit(Event("plan", {"plan": chosen_plan.to_dict(), "resumed": False,
                                  "text": plan_text(chosen_plan, options.name, threads_measured=timings)}))
+    reporter.emit(Event("message", {"text": f"teacher: {prior_text}"}))
     for warning in checked.warnings:
         reporter.emit(Event("message", {"text": f"note: {warning}"}))
     return state, False
@@ -421,12 +429,18 @@ class _Builder:
         from model.checkpoint import resume_file
         from model.train import role_of, train
 
-        resuming = (self.run_dir / resume_file(role_of(config))).is_file()
+        role = role_of(config)
+        resuming = (self.run_dir / resume_file(role)).is_file()
         if resuming:
-            self._message(f"{role_of(config)}: continuing from its last resumable checkpoint")
+            self._message(f"{role}: continuing from its last resumable checkpoint")
+        prior = self.state.data.get("prior") or {}
+        init_from = Path(prior["path"]) if role == "teacher" and prior.get("path") else None
+        if role == "teacher" and not resuming:
+            self._message(f"teacher: {prior.get('text', 'from scratch')}")
         result = train(self.pack, self.run_dir, self._model_config(), config, force=not resuming, resume=resuming,
-                       progress=False, on_step=self._on_step)
-        return {"steps": result.steps, "final_loss": round(result.final_loss, 5)}
+                       progress=False, on_step=self._on_step, init_from=init_from)
+        return {"steps": result.steps, "final_loss": round(result.final_loss, 5),
+                "init_from": None if init_from is None else str(init_from)}
 
     def _teacher(self) -> dict[str, Any]:
         return self._train(self.plan.teacher)

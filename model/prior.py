@@ -1,0 +1,327 @@
+"""A prior: the renderer's network trained on several people, that a new twin's training starts from.
+
+``train_prior`` trains the teacher network (flow matching, the same loop as ``model.train.train``) on batches
+from several avatar packs (``MultiPackSampler``: people drawn uniformly, each sample's reference from the same
+person, augmented so the few people cover more of what a new person's footage looks like), and writes a prior
+directory: ``checkpoint.pt`` (the teacher role), ``resume-teacher.pt`` and the model card ``prior.json`` (the
+packs, their licences as the caller gave them, steps, batch, augmentation, seconds, final loss, date).
+
+``initialise_from`` loads a prior's weights into a new twin's network before its first step
+(``twincast train --from PRIOR``); ``shipped_prior`` finds the prior that ships for a preset under
+``assets/prior/<preset>/``, which ``twincast create`` starts from by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avatar.pack import AvatarPack
+from model.checkpoint import ROLE_FILES, load_checkpoint
+from model.config import ModelConfig, TrainConfig
+from model.data import Batch, PackSampler
+from model.loop import StepObserver, check_fits, pack_info, seeded_device
+from model.networks import TwinDenoiser
+from model.train import TrainResult, fit, prepare_run
+from twincast.errors import InputError, NotFoundError
+from twincast.files import atomic_write_bytes, sha256_file
+
+CARD_FILE = "prior.json"
+CARD_KIND = "twincast prior"
+CARD_VERSION = 1
+UNKNOWN_LICENCE = "unknown"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "prior"
+# The model settings a prior and the twin started from it must share: they decide the weights' shapes and what
+# the weights mean. ``mask_top`` (where the generated region starts) and ``sample_steps`` (inference) may differ.
+MATCHING_FIELDS = ("preset", "crop_px", "patch_px", "channels", "blocks_per_level", "attention", "audio_dim",
+                   "time_dim", "groups", "mel_bins", "mel_frames", "latent_channels", "ae_channels")
+AUTOENCODER_PREFIX = "autoencoder."
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How ``MultiPackSampler`` widens the data; each sample draws its own values, uniformly in these ranges, and
+    its target and reference get the same transform (so the reference still shows the target's person, as lit
+    and framed as the target).
+
+    Colour works on pixels in 0..1: brightness multiplies them by a gain in [1 - brightness, 1 + brightness];
+    contrast scales them about the sample's mean grey by a gain in [1 - contrast, 1 + contrast]; saturation
+    scales each pixel's distance from its own grey by a gain in [1 - saturation, 1 + saturation]; the result is
+    clipped to 0..1. Geometry: a horizontal mirror with probability ``flip``, then an affine about the crop's
+    centre with a zoom in [1 - scale, 1 + scale] and a rotation in [-rotation_deg, +rotation_deg] degrees
+    (bilinear, edges repeated).
+    """
+
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    flip: float = 0.5
+    scale: float = 0.03
+    rotation_deg: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation", "scale"):
+            if not 0.0 <= getattr(self, name) < 0.5:
+                raise InputError(f"augmentation {name} {getattr(self, name)} must be in [0, 0.5)")
+        if not 0.0 <= self.flip <= 1.0:
+            raise InputError(f"augmentation flip {self.flip} must be a probability in [0, 1]")
+        if not 0.0 <= self.rotation_deg <= 15.0:
+            raise InputError(f"augmentation rotation_deg {self.rotation_deg} must be in [0, 15] degrees")
+
+
+NO_AUGMENTATION = Augmentation(brightness=0.0, contrast=0.0, saturation=0.0, flip=0.0, scale=0.0, rotation_deg=0.0)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The values one batch's augmentation drew, one per sample (gains, mirror flags, zoom, rotation)."""
+
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    flipped: Tensor
+    scale: Tensor
+    rotation_deg: Tensor
+
+
+def _uniform(size: int, half_width: float, centre: float, generator: torch.Generator) -> Tensor:
+    """``size`` values uniform in [centre - half_width, centre + half_width]."""
+    return centre + half_width * (2 * torch.rand(size, generator=generator) - 1)
+
+
+def draw_augmentation(size: int, augmentation: Augmentation, generator: torch.Generator) -> Draw:
+    """Per-sample values for ``size`` samples, within ``augmentation``'s ranges."""
+    return Draw(brightness=_uniform(size, augmentation.brightness, 1.0, generator),
+                contrast=_uniform(size, augmentation.contrast, 1.0, generator),
+                saturation=_uniform(size, augmentation.saturation, 1.0, generator),
+                flipped=torch.rand(size, generator=generator) < augmentation.flip,
+                scale=_uniform(size, augmentation.scale, 1.0, generator),
+                rotation_deg=_uniform(size, augmentation.rotation_deg, 0.0, generator))
+
+
+def apply_augmentation(images: Tensor, draw: Draw) -> Tensor:
+    """``images`` (B, 3, C, C) in [-1, 1] with each sample's drawn colour gains, mirror and affine."""
+    unit = images.add(1.0).div(2.0)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    unit = unit * draw.brightness.view(-1, 1, 1, 1)
+    mean = (unit * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    unit = (unit - mean) * draw.contrast.view(-1, 1, 1, 1) + mean
+    grey = (unit * weights).sum(1, keepdim=True)
+    unit = ((unit - grey) * draw.saturation.view(-1, 1, 1, 1) + grey).clamp(0.0, 1.0)
+    unit = torch.where(draw.flipped.view(-1, 1, 1, 1), unit.flip(3), unit)
+    if bool((draw.scale != 1.0).any() or (draw.rotation_deg != 0.0).any()):
+        angle = draw.rotation_deg * (math.pi / 180.0)
+        cos, sin = torch.cos(angle) / draw.scale, torch.sin(angle) / draw.scale
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
+        unit = F.grid_sample(unit, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return unit.mul(2.0).sub(1.0)
+
+
+def check_packs_agree(packs: list[AvatarPack]) -> None:
+    """Refuse packs that could not share one network: another crop size, mask line, frame rate or mel spec.
+
+    Raises:
+        InputError: no packs, or naming the first pack that differs from the first one and in what.
+    """
+    if not packs:
+        raise InputError("a prior needs at least one avatar pack")
+    first = packs[0].meta
+    for pack in packs[1:]:
+        meta = pack.meta
+        for what, mine, theirs in (("crop size (crop_px)", meta.crop_px, first.crop_px),
+                                   ("mask line (mask_top)", meta.mask_top, first.mask_top),
+                                   ("frame rate (fps)", meta.fps, first.fps),
+                                   ("mel spec", dict(meta.mel), dict(first.mel))):
+            if mine != theirs:
+                raise InputError(f"avatar pack {pack.root} has {what} {mine}, but {packs[0].root} has {theirs}; "
+                                 "every pack of a prior must be enrolled with the same settings")
+
+
+class MultiPackSampler:
+    """Batches from several packs: each sample's person is drawn uniformly, its target from that person's training
+    frames (never the holdout block), its reference another training frame of the same person; then each sample
+    is augmented (``Augmentation``), target and reference alike. The mel window is the target frame's."""
+
+    def __init__(self, packs: list[AvatarPack], augmentation: Augmentation = Augmentation()) -> None:
+        check_packs_agree(packs)
+        self.samplers = [PackSampler(pack) for pack in packs]
+        self.augmentation = augmentation
+        self.last_draw: Draw | None = None  # the augmentation values of the latest batch (for tests and checks)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch of ``batch_size`` augmented samples, people drawn uniformly with ``generator``."""
+        person = torch.randint(len(self.samplers), (batch_size,), generator=generator)
+        crop = self.samplers[0].crops.shape[1]
+        target = torch.empty((batch_size, 3, crop, crop))
+        reference, mel = torch.empty_like(target), torch.empty((batch_size, *self.samplers[0].mel.shape[1:]))
+        for index, sampler in enumerate(self.samplers):
+            rows = (person == index).nonzero().flatten()
+            if rows.numel():
+                part = sampler.draw(int(rows.numel()), generator)
+                target[rows], reference[rows], mel[rows] = part.target, part.reference, part.mel
+        self.last_draw = draw_augmentation(batch_size, self.augmentation, generator)
+        both = apply_augmentation(torch.cat([target, reference]), _twice(self.last_draw))
+        return Batch(target=both[:batch_size], reference=both[batch_size:], mel=mel)
+
+
+def _twice(draw: Draw) -> Draw:
+    """``draw`` repeated, so a batch's targets and references (concatenated) get the same values."""
+    return Draw(**{item.name: torch.cat([getattr(draw, item.name)] * 2) for item in fields(Draw)})
+
+
+def train_prior(pack_paths: list[Path], out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
+                licences: list[str] | None = None, augmentation: Augmentation = Augmentation(), force: bool = False,
+                resume: bool = False, half: bool = False, progress: bool = True,
+                on_step: StepObserver | None = None) -> TrainResult:
+    """Train the teacher network on every pack in ``pack_paths`` into ``out`` and write its model card.
+
+    ``licences`` are the packs' licences as the caller states them, one per pack (``unknown`` for each when not
+    given): twincast cannot know them and records them as told.
+
+    Raises:
+        InputError: a regression objective or a latent model (a latent prior needs an autoencoder the people
+            share, not built yet), licences that do not pair with the packs, packs that disagree on their
+            settings, a model that does not fit them, or ``out`` already holding a prior (without ``force``).
+    """
+    if train_config.objective != "flow":
+        raise InputError(f"a prior is a flow-matching teacher; objective {train_config.objective!r} is not "
+                         "supported")
+    if model_config.latent:
+        raise InputError(f"preset {model_config.preset!r} is a latent model: its prior would need an autoencoder "
+                         "shared by the packs, which twincast does not train yet; use a pixel preset (tiny, demo)")
+    licences = [UNKNOWN_LICENCE] * len(pack_paths) if not licences else licences
+    if len(licences) != len(pack_paths):
+        raise InputError(f"{len(licences)} --licence given for {len(pack_paths)} packs; give one per pack, in the "
+                         "packs' order, or none (each is then recorded as 'unknown')")
+    packs = [AvatarPack.load(path) for path in pack_paths]
+    check_packs_agree(packs)
+    for pack in packs:
+        check_fits(model_config, pack)
+    role = "teacher"
+    prepare_run(out, role, force=force, resume=resume)
+    device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
+    sampler = MultiPackSampler(packs, augmentation)
+    network = TwinDenoiser(model_config)
+    entries = [card_entry(pack, path, licence) for pack, path, licence in zip(packs, pack_paths, licences,
+                                                                              strict=True)]
+    info = {**pack_info(packs[0], pack_paths[0]), "prior": True, "packs": entries}
+    outcome = fit(network, sampler, out, role, train_config, device=device, generator=generator, pack=info,
+                  resume=resume, half=half, progress=progress, on_step=on_step)
+    card = {
+        "kind": CARD_KIND,
+        "version": CARD_VERSION,
+        **outcome.report(role, model_config, train_config, network),
+        "batch_size": train_config.batch_size,
+        "packs": entries,
+        "licence_note": "each pack's licence as given by whoever trained this prior (--licence); 'unknown' means "
+                        "none was given and the footage's terms must be checked before the prior is shared",
+        "augmentation": asdict(augmentation),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checkpoint": ROLE_FILES[role],
+        "checkpoint_sha256": sha256_file(out / ROLE_FILES[role]),
+    }
+    atomic_write_bytes(out / CARD_FILE, json.dumps(card, indent=1).encode())
+    return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=outcome.final_loss,
+                       seconds=outcome.seconds)
+
+
+def card_entry(pack: AvatarPack, path: Path, licence: str) -> dict[str, Any]:
+    """What the model card says about one pack: its name, frames, the source video and portrait it records."""
+    source = pack.meta.source
+    return {"name": path.resolve().name, "path": str(path), "frames": int(pack.train_indices().size),
+            "frame_count": pack.meta.frame_count, "source": {"name": source.get("name"),
+                                                             "sha256": source.get("sha256")},
+            "portrait": source.get("portrait"), "licence": licence}
+
+
+def read_card(prior: Path) -> dict[str, Any]:
+    """The model card of the prior directory ``prior`` (a path to its checkpoint is taken as its directory).
+
+    Raises:
+        NotFoundError: no such directory, or it holds no model card (it is not a prior).
+        InputError: the card is not one this version wrote.
+    """
+    directory = prior.parent if prior.is_file() else prior
+    card_file = directory / CARD_FILE
+    if not directory.is_dir():
+        raise NotFoundError(f"prior {prior} does not exist; expected a directory made by twincast prior")
+    if not card_file.is_file():
+        raise NotFoundError(f"{directory} is not a prior: it has no {CARD_FILE} (make one with twincast prior)")
+    try:
+        card = json.loads(card_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{card_file} is not readable JSON ({exc})") from exc
+    if not isinstance(card, dict) or card.get("kind") != CARD_KIND or card.get("version") != CARD_VERSION:
+        raise InputError(f"{card_file} is not a twincast prior card of version {CARD_VERSION}")
+    return card
+
+
+def initialise_from(network: TwinDenoiser, prior: Path) -> dict[str, Any]:
+    """Load the prior's weights into ``network`` (all but a latent model's autoencoder, which stays the
+    person's own) and return what a run records about its start: the prior's path, card hash and preset.
+
+    Raises:
+        NotFoundError, InputError: ``prior`` is not a prior (``read_card``), or its model differs from the
+            network's in a setting of ``MATCHING_FIELDS`` (each named, with both values).
+    """
+    read_card(prior)
+    directory = prior.parent if prior.is_file() else prior
+    checkpoint = load_checkpoint(directory)
+    mine, theirs = asdict(network.config), asdict(checkpoint.model)
+    differ = [f"{name} {theirs[name]} (prior) vs {mine[name]} (this model)" for name in MATCHING_FIELDS
+              if mine[name] != theirs[name]]
+    if differ:
+        raise InputError(f"prior {directory} was trained with another model: {'; '.join(differ)}; train with "
+                         f"--config {checkpoint.model.preset} on a pack of crop {checkpoint.model.crop_px}, or "
+                         "choose another prior (or --from-scratch)")
+    weights = {key: value for key, value in checkpoint.state_dict.items() if not key.startswith(AUTOENCODER_PREFIX)}
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    missed = [key for key in missing if not key.startswith(AUTOENCODER_PREFIX)]
+    if missed or unexpected:
+        raise InputError(f"prior {directory}'s weights do not fit this model: missing {missed[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return {"path": str(directory.resolve()), "card_sha256": sha256_file(directory / CARD_FILE),
+            "preset": checkpoint.model.preset}
+
+
+def shipped_prior(preset_name: str, root: Path = SHIPPED_DIR) -> Path | None:
+    """The prior that ships for ``preset_name`` (``assets/prior/<preset>/`` holding a model card and a
+    checkpoint), or None when none does."""
+    directory = root / preset_name
+    if (directory / CARD_FILE).is_file() and (directory / ROLE_FILES["teacher"]).is_file():
+        return directory
+    return None
+
+
+def choose_prior(preset_name: str, *, prior: Path | None, from_scratch: bool) -> tuple[Path | None, str]:
+    """The prior a new twin of ``preset_name`` starts from, and a sentence saying which and why: the one asked
+    for, none with ``from_scratch``, else the shipped one for the preset when there is one.
+
+    Raises:
+        InputError: both a prior and ``from_scratch`` were asked for, or the prior asked for is of another preset.
+        NotFoundError, InputError: the prior asked for is not one (``read_card``).
+    """
+    if prior is not None and from_scratch:
+        raise InputError(f"a prior ({prior}) and --from-scratch were both given; choose one")
+    if from_scratch:
+        return None, "from scratch (--from-scratch)"
+    if prior is not None:
+        card = read_card(prior)
+        if card.get("preset") != preset_name:
+            raise InputError(f"prior {prior} is a {card.get('preset')} prior, and this is a {preset_name} model; "
+                             f"choose a {preset_name} prior, or --from-scratch")
+        return prior, f"from the prior {prior}"
+    shipped = shipped_prior(preset_name)
+    if shipped is None:
+        return None, f"from scratch: no prior ships for size {preset_name} (assets/prior/{preset_name}/)"
+    return shipped, f"from the shipped {preset_name} prior ({shipped})"
