@@ -279,3 +279,33 @@ def test_the_cli_trains_a_prior_and_a_twin_from_it(hopper_pack: Path, pack: Path
     both = run_cli("train", str(pack), "--out", str(tmp_path / "x"), "--from", str(prior), "--from-scratch",
                    check=False)
     assert both.returncode == 2 and "choose one" in both.stderr
+
+
+def test_create_starts_the_teacher_from_a_prior_and_says_so(prior_dir: Path, new_person_clip: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "twins" / "hopper"
+    made = run_cli("create", str(new_person_clip), "--name", "hopper", "--size", "tiny", "--budget", "45s", "--out",
+                   str(out), "--prior", str(prior_dir), "--json")
+    events = [json.loads(line) for line in made.stdout.splitlines() if line.startswith("{")]
+    said = [event["text"] for event in events if event["type"] == "message"]
+    assert f"teacher: from the prior {prior_dir}" in said
+    state = json.loads((out / "create.json").read_text())
+    assert state["prior"]["path"] == str(prior_dir.resolve())
+    assert state["stages"]["teacher"]["init_from"] == str(prior_dir.resolve())
+    assert load_checkpoint(out / "run").extra["init_from"]["card_sha256"] == sha256_file(prior_dir / CARD_FILE)
+
+
+def test_create_without_a_shipped_prior_starts_from_scratch_and_refuses_a_wrong_prior(
+        prior_dir: Path, new_person_clip: Path, tmp_path: Path) -> None:
+    both = run_cli("create", str(new_person_clip), "--name", "x", "--size", "tiny", "--out", str(tmp_path / "x"),
+                   "--prior", str(prior_dir), "--from-scratch", check=False)
+    assert both.returncode == 2 and "--from-scratch were both given; choose one" in both.stderr
+    other = run_cli("create", str(new_person_clip), "--name", "y", "--size", "demo", "--out", str(tmp_path / "y"),
+                    "--prior", str(prior_dir), check=False)
+    assert other.returncode == 2 and "is a tiny prior, and this is a demo model" in other.stderr
+    assert not (tmp_path / "x" / "create.json").exists() and not (tmp_path / "y" / "create.json").exists()
+    if shipped_prior("tiny") is None:  # none ships today: the default is from scratch, and create says so
+        from model.prior import choose_prior
+
+        assert choose_prior("tiny", prior=None, from_scratch=False) == (
+            None, "from scratch: no prior ships for size tiny (assets/prior/tiny/)")
