@@ -121,7 +121,7 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         network.autoencoder.requires_grad_(False)
     origin = None
     if init_from is not None:
-        from model.prior import initialise_from
+        from model.prior_card import initialise_from
 
         origin = initialise_from(network, init_from)
     info = pack_info(pack, pack_path)

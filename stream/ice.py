@@ -25,12 +25,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twincast.errors import InputError
-
-if TYPE_CHECKING:
-    from stream.config import ServeConfig
 
 HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?)"  # a name, IPv4, or [IPv6]
 STUN_URL = re.compile(rf"stuns?:{HOST}(?::\d{{1,5}})?")
@@ -116,6 +113,23 @@ def ice_servers(stun_urls: Sequence[str], turn_urls: Sequence[str], turn_secret:
     return servers
 
 
-def for_viewer(config: ServeConfig) -> list[IceServer]:
+class IceSettings(Protocol):
+    """The serve settings that name the ICE servers (``stream.config.ServeConfig`` has them; this module is
+    imported by the config to check them, so it names only what it reads)."""
+
+    @property
+    def stun_urls(self) -> tuple[str, ...]: ...
+
+    @property
+    def turn_urls(self) -> tuple[str, ...]: ...
+
+    @property
+    def turn_secret(self) -> str | None: ...
+
+    @property
+    def turn_ttl_s(self) -> float: ...
+
+
+def for_viewer(config: IceSettings) -> list[IceServer]:
     """``ice_servers`` from the serve settings, for one viewer now."""
     return ice_servers(config.stun_urls, config.turn_urls, config.turn_secret, config.turn_ttl_s)

@@ -147,7 +147,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from avatar.pack import AvatarPack
     from model.config import TrainConfig, preset
-    from model.prior import choose_prior
+    from model.prior_card import choose_prior
     from model.train import train
 
     pack = AvatarPack.load(args.pack)

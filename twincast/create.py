@@ -209,7 +209,7 @@ def _prepare(options: CreateOptions, reporter: Reporter) -> tuple[TwinState, boo
         reporter.emit(Event("plan", {"plan": existing.data["plan"], "resumed": True, "text": plan_text(
             existing.plan, options.name, resumed_after=done[-1] if done else "nothing")}))
         return existing, True
-    from model.prior import choose_prior
+    from model.prior_card import choose_prior
 
     prior, prior_text = choose_prior(options.size, prior=options.prior, from_scratch=options.from_scratch)
     _clear(options)

@@ -17,19 +17,15 @@ import torch
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TrainConfig, preset
 from model.prior import (
-    CARD_FILE,
-    CARD_KIND,
-    CARD_VERSION,
     NO_AUGMENTATION,
     Augmentation,
     Draw,
     MultiPackSampler,
     apply_augmentation,
     draw_augmentation,
-    initialise_from,
-    shipped_prior,
     train_prior,
 )
+from model.prior_card import CARD_FILE, CARD_KIND, CARD_VERSION, initialise_from, shipped_prior
 from tests.helpers import run_cli
 from twincast.errors import InputError
 from twincast.files import sha256_file
@@ -305,7 +301,7 @@ def test_create_without_a_shipped_prior_starts_from_scratch_and_refuses_a_wrong_
     assert other.returncode == 2 and "is a tiny prior, and this is a demo model" in other.stderr
     assert not (tmp_path / "x" / "create.json").exists() and not (tmp_path / "y" / "create.json").exists()
     if shipped_prior("tiny") is None:  # none ships today: the default is from scratch, and create says so
-        from model.prior import choose_prior
+        from model.prior_card import choose_prior
 
         assert choose_prior("tiny", prior=None, from_scratch=False) == (
             None, "from scratch: no prior ships for size tiny (assets/prior/tiny/)")
