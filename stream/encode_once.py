@@ -7,14 +7,16 @@ frames are encoded once (``SharedVideo``, ``SharedAudio``) and each viewer gets 
 encoded packets (``av.Packet``), which aiortc's sender only packetizes (``Encoder.pack``) — it encodes a frame
 only when a track hands it a frame.
 
-Keyframes, per viewer. One viewer's picture-loss request (PLI/FIR, after packet loss) must not force a keyframe
-on everyone (a keyframe is 8-30 times an ordinary frame), and a viewer that joins mid-stream needs a keyframe to
-start. So a viewer that joins, or asks for a keyframe, is *repaired*: its track encodes the session's frames with
-a private encoder of its own, starting with a keyframe, until the shared stream reaches its next keyframe, where
-it rejoins the shared packets (nothing is skipped: private and shared packets are of the same frames, with the
-same timestamps). The shared encoder makes a keyframe for rejoining viewers at most every ``REJOIN_EVERY_S``, so
-a lossy viewer that keeps asking costs its own encoder (as before encode-once), never a keyframe storm for the
-others. A viewer whose queue overflows (the event loop stalled) drops what it had and waits for that keyframe too.
+Keyframes. A viewer that joins mid-stream needs a keyframe to start: it waits for the shared stream's next one,
+which the shared encoder makes within ``JOIN_KEYFRAME_EVERY_S`` of a join (so a burst of viewers joining at once
+— a show starting — costs one or two shared keyframes, not an encoder each). One viewer's picture-loss request
+(PLI/FIR, after packet loss) must not force a keyframe on everyone (a keyframe is 8-30 times an ordinary frame):
+that viewer is *repaired* — its track encodes the session's frames with a private encoder of its own, starting
+with a keyframe, until the shared stream reaches its next keyframe, where it rejoins the shared packets (nothing
+is skipped: private and shared packets are of the same frames, with the same timestamps). The shared encoder
+makes a keyframe for repaired viewers at most every ``REJOIN_EVERY_S``, so a lossy viewer that keeps asking costs
+its own encoder (as before encode-once), never a keyframe storm for the others. A viewer whose queue overflows
+(the event loop stalled) drops what it had and is repaired the same way.
 
 Bitrate: the shared encoder runs at a fixed bitrate for the frame size (``video_bitrate``); per-viewer bitrate
 adaptation (REMB) does not apply to shared packets. A viewer on a link too slow for that bitrate loses packets,
@@ -43,7 +45,8 @@ from stream.session import Spawn
 
 log = logging.getLogger(__name__)
 QUEUE_PACKETS = 8  # per viewer: about 0.3 s of video; more means the loop stalled
-REJOIN_EVERY_S = 5.0  # the shared stream makes a keyframe at most this often, and only when a viewer waits for one
+REJOIN_EVERY_S = 5.0  # a keyframe for repaired viewers at most this often, and only when one waits for it
+JOIN_KEYFRAME_EVERY_S = 0.5  # a keyframe for joining viewers at most this often (a join waits at most this long)
 BITS_PER_PIXEL = 0.15  # per frame: 384² at 25 fps → 553 kbit/s, 720×1280 → 3.5 Mbit/s
 MIN_BITRATE = 500_000
 MAX_BITRATE = 4_000_000
@@ -160,10 +163,11 @@ class ViewerVideo(PacketTrack):
     def __init__(self, shared: SharedVideo) -> None:
         super().__init__("video", shared.unsubscribe)
         self._shared = shared
+        self._joining = True  # no packet until the shared stream's next keyframe
         self._repairing = False
         self._private: Any = None  # made at the first repaired frame, kept (its rate control warm) for the next
         self._keyframe_due = False  # the next private packet is a keyframe
-        self.repair()
+        shared.wait_for_keyframe(joining=True)
 
     def attach(self, sender: RTCRtpSender) -> None:
         """Answer ``sender``'s keyframe requests by repairing this viewer (aiortc's sender calls its
@@ -189,6 +193,10 @@ class ViewerVideo(PacketTrack):
     async def recv(self) -> av.Packet:
         while True:
             frame, packet = await self.next_item()
+            if self._joining:
+                if not packet.is_keyframe:
+                    continue
+                self._joining = False
             if not self._repairing:
                 return packet
             if packet.is_keyframe:  # the shared stream can be joined here
@@ -269,18 +277,23 @@ class SharedVideo(SharedStream):
         self.counts = EncodeCounts()
         self._clock = clock
         self._size: tuple[int, int] | None = None
-        self._waiting = False  # a viewer waits for a shared keyframe to rejoin
+        self._waiting = False  # a repaired viewer waits for a shared keyframe to rejoin
+        self._joining = False  # a new viewer waits for a shared keyframe to start
         self._last_keyframe_s = -REJOIN_EVERY_S
 
     def subscribe(self) -> ViewerVideo:
-        """A new viewer's video track (repaired from its first frame); starts encoding if it is the first."""
+        """A new viewer's video track (from the next shared keyframe); starts encoding if it is the first."""
         track = ViewerVideo(self)
         self._add(track)
         return track
 
-    def wait_for_keyframe(self) -> None:
-        """A viewer is repaired and will rejoin at the next shared keyframe (made within ``REJOIN_EVERY_S``)."""
-        self._waiting = True
+    def wait_for_keyframe(self, *, joining: bool = False) -> None:
+        """A viewer waits for the next shared keyframe: a new one (``joining``; made within
+        ``JOIN_KEYFRAME_EVERY_S``), or a repaired one to rejoin (made within ``REJOIN_EVERY_S``)."""
+        if joining:
+            self._joining = True
+        else:
+            self._waiting = True
 
     def new_encoder(self) -> Any:
         """An encoder like the shared one, for a repaired viewer."""
@@ -297,12 +310,14 @@ class SharedVideo(SharedStream):
                 self._size = (frame.width, frame.height)
                 context = new_video_encoder(self.codec, frame.width, frame.height, self.fps)
             now = self._clock()
-            keyframe = self._waiting and now - self._last_keyframe_s >= REJOIN_EVERY_S
+            since_s = now - self._last_keyframe_s
+            keyframe = ((self._joining and since_s >= JOIN_KEYFRAME_EVERY_S)
+                        or (self._waiting and since_s >= REJOIN_EVERY_S))
             packet = await loop.run_in_executor(None, encode_frame, context, frame, keyframe)
             self.counts.shared_frames += 1
             if packet is not None:
-                if packet.is_keyframe:  # asked for, or a new encoder's first frame: waiting viewers rejoin
-                    self._waiting = False
+                if packet.is_keyframe:  # asked for, or a new encoder's first frame: waiting viewers go on
+                    self._waiting = self._joining = False
                     self._last_keyframe_s = now
                     self.counts.shared_keyframes += 1
                 self._offer(frame, packet)

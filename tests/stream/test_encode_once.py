@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
 from typing import Any
 
 import av
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack
 
-from stream.encode_once import REJOIN_EVERY_S, SharedAudio, SharedVideo, ViewerVideo
+from stream.encode_once import JOIN_KEYFRAME_EVERY_S, REJOIN_EVERY_S, SharedAudio, SharedVideo, ViewerVideo
 from stream.tracks import VIDEO_CLOCK_HZ
 
 FPS = 25
 SIZE = 64
 CLEAN_PSNR_DB = 30.0
+PLI_AT = 40  # the frame at which the second viewer asks for a keyframe
 
 
 def picture(index: int) -> np.ndarray:
@@ -93,36 +95,42 @@ def test_viewers_share_one_encoder_and_get_keyframes_of_their_own(codec: str) ->
         for index in range(10):
             await step(index)
         after_a = shared.counts.private_frames
-        watchers["b"] = Watcher(shared.subscribe(), codec)  # joins mid-stream
-        rejoin = int(REJOIN_EVERY_S * FPS)
-        for index in range(10, rejoin + 20):
+        watchers["b"] = Watcher(shared.subscribe(), codec)  # joins mid-stream, at 0.4 s
+        for index in range(10, join):
+            now[0] = index / FPS
+            source.steps.put_nowait(index)  # b waits (nothing for it) until the join keyframe
+            assert await asyncio.wait_for(watchers["a"].take(), 10) == index
+        for index in range(join, PLI_AT):
             await step(index)
         watchers["b"].track.repair()  # b's picture was lost (its sender got a PLI)
-        for index in range(rejoin + 20, 2 * rejoin + 10):
+        for index in range(PLI_AT, rejoin + 10):
             await step(index)
         counts = shared.counts
         for watcher in watchers.values():
             watcher.track.stop()
         return {"a": watchers["a"], "b": watchers["b"], "after_a": after_a, "counts": counts, "source": source,
-                "viewers": shared.viewers, "rejoin": rejoin}
+                "viewers": shared.viewers}
 
+    join = math.ceil(JOIN_KEYFRAME_EVERY_S * FPS)  # the first frame at least 0.5 s after the first keyframe
+    rejoin = join + math.ceil(REJOIN_EVERY_S * FPS)  # 5 s after the join keyframe
     result = asyncio.run(scenario())
-    a, b, rejoin, counts = result["a"], result["b"], result["rejoin"], result["counts"]
+    a, b, counts = result["a"], result["b"], result["counts"]
     # The first viewer starts on the new encoder's keyframe: nothing encoded for it alone.
     assert result["after_a"] == 0
-    # One shared keyframe for b to rejoin, REJOIN_EVERY_S after the first; another after b's repair; none else.
-    assert a.keyframes() == [0, rejoin, 2 * rejoin], a.keyframes()
-    # b: a keyframe of its own when it joined and when it asked, then the shared stream from the next shared one.
-    assert b.keyframes() == [10, rejoin, rejoin + 20, 2 * rejoin], b.keyframes()
-    total = 2 * rejoin + 10
+    # Shared keyframes: the first, one for b's join, one for b to rejoin after its repair; none else.
+    assert a.keyframes() == [0, join, rejoin], a.keyframes()
+    # b: starts at the join keyframe, gets a keyframe of its own when it asks, rejoins at the next shared one.
+    assert min(b.seen) == join
+    assert b.keyframes() == [join, PLI_AT, rejoin], b.keyframes()
+    total = rejoin + 10
     assert counts.shared_frames == total
-    assert counts.private_frames == (rejoin - 10) + (2 * rejoin - (rejoin + 20))
-    assert counts.shared_keyframes == 3 and counts.repairs == 3
+    assert counts.private_frames == rejoin - PLI_AT
+    assert counts.shared_keyframes == 3 and counts.repairs == 1
     # Every picture either viewer decoded is clean, across every switch between its own and the shared packets.
     for watcher in (a, b):
         worst = min(db for _, db in watcher.seen.values())
         assert worst >= CLEAN_PSNR_DB, worst
-    assert len(b.seen) == total - 10
+    assert len(b.seen) == total - join
     # The last viewer leaving stops the encoder and its source.
     assert result["viewers"] == 0 and result["source"].readyState == "ended"
 
