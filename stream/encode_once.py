@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import logging
 import multiprocessing
 import time
@@ -58,9 +59,11 @@ def video_bitrate(width: int, height: int, fps: int) -> int:
     return int(min(MAX_BITRATE, max(MIN_BITRATE, BITS_PER_PIXEL * width * height * fps)))
 
 
-def new_video_encoder(codec: str, width: int, height: int, fps: int) -> Any:
+def new_video_encoder(codec: str, width: int, height: int, fps: int, time_base: fractions.Fraction) -> Any:
     """A PyAV encoder with aiortc's real-time settings for ``codec`` (``vp8`` or ``h264``): no frame lag (one
-    packet out per frame in), constant bitrate, keyframes only when a frame is marked I."""
+    packet out per frame in), constant bitrate, keyframes only when a frame is marked I. Its time base is the
+    frames' own, so encoding never rebases a frame's pts (the session's frame objects are read by other consumers
+    at the same time)."""
     bitrate = video_bitrate(width, height, fps)
     if codec == "vp8":
         context = av.CodecContext.create("libvpx", "w")
@@ -79,20 +82,24 @@ def new_video_encoder(codec: str, width: int, height: int, fps: int) -> Any:
     context.bit_rate = bitrate
     context.pix_fmt = "yuv420p"
     context.framerate = fractions.Fraction(fps, 1)
-    context.time_base = fractions.Fraction(1, fps)
+    context.time_base = time_base
     context.gop_size = 100_000  # keyframes come from pict_type only
     return context
 
 
-def encode_frame(context: Any, frame: av.VideoFrame, keyframe: bool) -> av.Packet | None:
+def encode_frame(context: Any, frame: av.VideoFrame, keyframe: bool, *, copy: bool = False) -> av.Packet | None:
     """Encode one frame (marked I when ``keyframe``) into one packet stamped with the frame's own pts and time
     base, flagged a keyframe when the encoder made one; None if the encoder gave nothing (it should not, with no
-    frame lag)."""
+    frame lag). ``copy`` encodes a copy of the frame, for encoders that may run at the same time on the same frame
+    (repaired viewers: marking the shared frame I for one would race another's marking)."""
+    if copy:
+        original = frame
+        frame = av.VideoFrame.from_ndarray(original.to_ndarray(format="yuv420p"), format="yuv420p")
+        frame.pts, frame.time_base = original.pts, original.time_base
     frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
     pts, time_base = frame.pts, frame.time_base
     assert time_base is not None, "the session's frames carry their time base"
     encoded = list(context.encode(frame))
-    frame.pts, frame.time_base = pts, time_base  # PyAV rebased them to the encoder's: another encoder reads it next
     if not encoded:
         return None
     packet = av.Packet(b"".join(bytes(part) for part in encoded))
@@ -154,8 +161,9 @@ class PacketTrack(MediaStreamTrack):
 
 
 class ViewerVideo(PacketTrack):
-    """A viewer's video: the shared packets, or while it is repaired (it joined, lost packets, or its queue
-    overflowed) packets of its own encoder, starting with a keyframe, until the shared stream's next keyframe.
+    """A viewer's video: the shared packets from the first shared keyframe after it joined, or while it is
+    repaired (it lost packets, or its queue overflowed) packets of its own encoder, starting with a keyframe, until
+    the shared stream's next keyframe.
 
     ``attach`` routes the viewer's keyframe requests (its sender's PLI/FIR handling) here.
     """
@@ -205,8 +213,8 @@ class ViewerVideo(PacketTrack):
             if self._private is None or self._private.width != frame.width or self._private.height != frame.height:
                 self._private = self._shared.new_encoder()
             keyframe, self._keyframe_due = self._keyframe_due, False
-            private = await asyncio.get_running_loop().run_in_executor(None, encode_frame, self._private, frame,
-                                                                       keyframe)
+            private = await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(encode_frame, self._private, frame, keyframe, copy=True))
             self._shared.counts.private_frames += 1
             if private is not None:
                 return private
@@ -277,6 +285,7 @@ class SharedVideo(SharedStream):
         self.counts = EncodeCounts()
         self._clock = clock
         self._size: tuple[int, int] | None = None
+        self._time_base: fractions.Fraction | None = None
         self._waiting = False  # a repaired viewer waits for a shared keyframe to rejoin
         self._joining = False  # a new viewer waits for a shared keyframe to start
         self._last_keyframe_s = -REJOIN_EVERY_S
@@ -297,8 +306,8 @@ class SharedVideo(SharedStream):
 
     def new_encoder(self) -> Any:
         """An encoder like the shared one, for a repaired viewer."""
-        assert self._size is not None, "a viewer is repaired only once frames flow"
-        return new_video_encoder(self.codec, *self._size, self.fps)
+        assert self._size is not None and self._time_base is not None, "a viewer is repaired only once frames flow"
+        return new_video_encoder(self.codec, *self._size, self.fps, self._time_base)
 
     async def _encode_from(self, source: MediaStreamTrack) -> None:
         loop = asyncio.get_running_loop()
@@ -307,8 +316,9 @@ class SharedVideo(SharedStream):
             frame = await source.recv()
             assert isinstance(frame, av.VideoFrame)
             if context is None or self._size != (frame.width, frame.height):
-                self._size = (frame.width, frame.height)
-                context = new_video_encoder(self.codec, frame.width, frame.height, self.fps)
+                assert frame.time_base is not None, "the session's frames carry their time base"
+                self._size, self._time_base = (frame.width, frame.height), frame.time_base
+                context = new_video_encoder(self.codec, frame.width, frame.height, self.fps, frame.time_base)
             now = self._clock()
             since_s = now - self._last_keyframe_s
             keyframe = ((self._joining and since_s >= JOIN_KEYFRAME_EVERY_S)
