@@ -16,7 +16,7 @@ demo: system-deps install
 	$(BIN)/twincast demo
 
 test: system-deps install pipecat-venv lint typecheck
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The fast tier: in-process tests with tiny models built in the test and injected clocks (under 2 minutes on two
 # cores); `make test` runs it and the integration tier (the CLI chain, servers, Chromium, nginx-rtmp).
