@@ -185,10 +185,7 @@ class ViewerVideo(PacketTrack):
 
     def repair(self) -> None:
         """Send this viewer a keyframe of its own at the next frame and keep encoding for it until it can rejoin
-        the shared stream at a shared keyframe. A viewer still waiting for its join keyframe (at most
-        ``JOIN_KEYFRAME_EVERY_S`` away) needs nothing more."""
-        if self._joining:
-            return
+        the shared stream at a shared keyframe."""
         self._keyframe_due = True
         if not self._repairing:
             self._repairing = True

@@ -96,7 +96,6 @@ def test_viewers_share_one_encoder_and_get_keyframes_of_their_own(codec: str) ->
             await step(index)
         after_a = shared.counts.private_frames
         watchers["b"] = Watcher(shared.subscribe(), codec)  # joins mid-stream, at 0.4 s
-        watchers["b"].track.repair()  # a PLI while it waits for its join keyframe: nothing more is needed
         for index in range(10, join):
             now[0] = index / FPS
             source.steps.put_nowait(index)  # b waits (nothing for it) until the join keyframe
