@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import ROLE_FILES, load_checkpoint
+from model.config import ModelConfig
 from model.networks import TwinDenoiser
 from twincast.errors import InputError, NotFoundError
 from twincast.files import sha256_file
@@ -60,9 +61,7 @@ def initialise_from(network: TwinDenoiser, prior: Path) -> dict[str, Any]:
     read_card(prior)
     directory = prior.parent if prior.is_file() else prior
     checkpoint = load_checkpoint(directory)
-    mine, theirs = asdict(network.config), asdict(checkpoint.model)
-    differ = [f"{name} {theirs[name]} (prior) vs {mine[name]} (this model)" for name in MATCHING_FIELDS
-              if mine[name] != theirs[name]]
+    differ = model_differences(asdict(checkpoint.model), network.config)
     if differ:
         raise InputError(f"prior {directory} was trained with another model: {'; '.join(differ)}; train with "
                          f"--config {checkpoint.model.preset} on a pack of crop {checkpoint.model.crop_px}, or "
@@ -77,6 +76,19 @@ def initialise_from(network: TwinDenoiser, prior: Path) -> dict[str, Any]:
             "preset": checkpoint.model.preset}
 
 
+def model_differences(prior_model: dict[str, Any], model: ModelConfig) -> list[str]:
+    """Each setting of ``MATCHING_FIELDS`` in which ``model`` differs from a prior's model (as its card or
+    checkpoint records it), named with both values."""
+    mine = asdict(model)
+    return [f"{name} {prior_model.get(name)} (prior) vs {mine[name]} (this model)" for name in MATCHING_FIELDS
+            if _same_kind(prior_model.get(name), mine[name]) != mine[name]]
+
+
+def _same_kind(value: Any, like: Any) -> Any:
+    """A card's JSON value as the config holds it (JSON has lists where the config has tuples)."""
+    return tuple(value) if isinstance(like, tuple) and isinstance(value, list) else value
+
+
 def shipped_prior(preset_name: str, root: Path = SHIPPED_DIR) -> Path | None:
     """The prior that ships for ``preset_name`` (``assets/prior/<preset>/`` holding a model card and a
     checkpoint), or None when none does."""
@@ -86,9 +98,12 @@ def shipped_prior(preset_name: str, root: Path = SHIPPED_DIR) -> Path | None:
     return None
 
 
-def choose_prior(preset_name: str, *, prior: Path | None, from_scratch: bool) -> tuple[Path | None, str]:
+def choose_prior(preset_name: str, *, prior: Path | None, from_scratch: bool,
+                 model: ModelConfig | None = None) -> tuple[Path | None, str]:
     """The prior a new twin of ``preset_name`` starts from, and a sentence saying which and why: the one asked
-    for, none with ``from_scratch``, else the shipped one for the preset when there is one.
+    for, none with ``from_scratch``, else the shipped one for the preset when there is one and it fits ``model``
+    (when given: a pack enrolled at another crop size than the shipped prior's starts from scratch, saying so;
+    a prior asked for by name that does not fit is refused when its weights are loaded).
 
     Raises:
         InputError: both a prior and ``from_scratch`` were asked for, or the prior asked for is of another preset.
@@ -107,4 +122,7 @@ def choose_prior(preset_name: str, *, prior: Path | None, from_scratch: bool) ->
     shipped = shipped_prior(preset_name)
     if shipped is None:
         return None, f"from scratch: no prior ships for size {preset_name} (assets/prior/{preset_name}/)"
+    differ = [] if model is None else model_differences(read_card(shipped).get("model", {}), model)
+    if differ:
+        return None, f"from scratch: the shipped {preset_name} prior does not fit this model ({'; '.join(differ)})"
     return shipped, f"from the shipped {preset_name} prior ({shipped})"

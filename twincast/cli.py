@@ -156,13 +156,15 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
                                 overrides={"steps": args.steps, "batch_size": args.batch_size,
                                            "learning_rate": args.learning_rate, "seed": args.seed,
                                            "objective": args.objective})
-    init_from, _ = choose_prior(args.preset, prior=args.init_from,
-                                from_scratch=args.from_scratch or train_config.objective != "flow")
+    init_from, start = choose_prior(args.preset, prior=args.init_from,
+                                    from_scratch=args.from_scratch or train_config.objective != "flow",
+                                    model=chosen.model)
+    print(f"train: {start}", file=sys.stderr, flush=True)
     result = train(args.pack, args.out, chosen.model, train_config, force=args.force, resume=args.resume,
                    half=args.half, progress=_progress(args), init_from=init_from)
     print(json.dumps({"run": str(result.run), "role": result.role, "steps": result.steps,
                       "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
-                      "init_from": None if init_from is None else str(init_from)}))
+                      "init_from": None if init_from is None else str(init_from), "start": start}))
     return 0
 
 
