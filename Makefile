@@ -10,7 +10,7 @@ PIPECAT_STAMP := $(PIPECAT_VENV)/.installed-$(shell cat $(PIPECAT)/pyproject.tom
 DEBIAN_PACKAGES := espeak-ng ffmpeg chromium docker-compose fonts-dejavu-core nginx libnginx-mod-rtmp janus coturn
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit system-deps install pipecat-venv pipecat-example demo-model bench clean
+.PHONY: demo test lint typecheck unit system-deps install pipecat-venv pipecat-example demo-model demo-prior bench clean
 
 demo: system-deps install
 	$(BIN)/twincast demo
@@ -69,9 +69,12 @@ typecheck: install pipecat-venv
 
 # Rebuild the committed demo model from the demo pack: the flow-matching teacher, its consistency student and
 # the regression baseline (weights stored as float16), then the eval report. About 2 hours on two CPU cores.
+demo-prior: system-deps install
+	$(BIN)/python -m bench.prior_study prior --steps 6000
+
 demo-model: system-deps install
 	pack="$$($(BIN)/twincast demo --pack-only -q)" && \
-	$(BIN)/twincast train "$$pack" --config demo --out runs/demo --half --force && \
+	$(BIN)/twincast train "$$pack" --config demo --out runs/demo --half --force --from-scratch && \
 	$(BIN)/twincast distill runs/demo --half --force --steps 1200 && \
 	$(BIN)/twincast train "$$pack" --config demo --objective regression --out runs/demo --half --force --steps 4000 && \
 	$(BIN)/twincast eval runs/demo --json > /dev/null
