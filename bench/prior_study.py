@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.prior_study footage            # the four people's clips and packs, into --cache
     .venv/bin/python -m bench.prior_study prior --steps 6000  # the prior, into assets/prior/demo/
-    .venv/bin/python -m bench.prior_study curves --budgets 1m,3m,8m --out bench/results/prior_curves_demo_cpu.json
-    .venv/bin/python -m bench.prior_study sheet --out bench/results/prior_sheet_demo_cpu.jpg
+    .venv/bin/python -m bench.prior_study curves --budgets 1m,4m,12m --out bench/results/prior_curves_demo_cpu.json
+    .venv/bin/python -m bench.prior_study sheet --out bench/results/prior_sheet_demo_cpu.jpg  # and …-mouths.jpg
 
 People (``PEOPLE``): the prior is trained on the two public-domain portraits the repository already ships
 (``assets/portrait.png``, ``assets/portrait-hopper.jpg``); the two held out are ``assets/faces/`` (see its
@@ -220,6 +220,27 @@ def make_sheet(cache: Path, budgets: list[float], out: Path, extra: tuple[str, .
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, quality=88)
     print(f"sheet: {out} ({len(rows)} rows)")
+    mouths = out.with_name(f"{out.stem}-mouths{out.suffix}")
+    make_mouths(renders, budgets, mouths)
+    print(f"mouths: {mouths}")
+
+
+def make_mouths(renders: Path, budgets: list[float], out: Path, scale: int = 3) -> None:
+    """The lower face up close: per held-out person three holdout frames, columns truth | prior | scratch at each
+    budget, enlarged ``scale`` times (nearest) so texture and teeth can be judged."""
+    from PIL import Image
+
+    blocks = []
+    for person in (p for p in PEOPLE if not p.in_prior):
+        truth = np.load(renders / f"{person.name}-truth.npy")
+        side = truth.shape[1]
+        columns = [truth] + [np.load(renders / f"{person.name}-{start}-{int(budget_s)}.npy")
+                             for budget_s in budgets for start in ("prior", "scratch")]
+        for index in np.linspace(0, len(truth) - 1, 5).round().astype(int)[1:4]:
+            blocks.append(np.concatenate([frames[index][side // 2:, side // 5:side - side // 5]
+                                          for frames in columns], axis=1))
+    image = Image.fromarray(np.concatenate(blocks, axis=0))
+    image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(out, quality=90)
 
 
 def main() -> None:
@@ -228,7 +249,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("bench-cache"))
     parser.add_argument("--prior", type=Path, default=ROOT / "assets" / "prior" / SIZE)
     parser.add_argument("--steps", type=int, default=6000, help="the prior's steps")
-    parser.add_argument("--budgets", default="1m,3m,8m")
+    parser.add_argument("--budgets", default="1m,4m,12m")
     parser.add_argument("--starts", default="prior,scratch", help="prior, scratch, prior@LR (a fine-tuning rate)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
