@@ -67,11 +67,13 @@ typecheck: install pipecat-venv
 	$(BIN)/mypy
 	cd $(PIPECAT) && ../../$(PIPECAT_VENV)/bin/mypy
 
-# Rebuild the committed demo model from the demo pack: the flow-matching teacher, its consistency student and
-# the regression baseline (weights stored as float16), then the eval report. About 2 hours on two CPU cores.
+# Rebuild the shipped demo prior (assets/prior/demo/): the demo teacher on the two public-domain portraits'
+# synthetic footage, 6000 steps (about 20 minutes on two CPU cores, plus the footage the first time).
 demo-prior: system-deps install
 	$(BIN)/python -m bench.prior_study prior --steps 6000
 
+# Rebuild the committed demo model from the demo pack: the flow-matching teacher, its consistency student and
+# the regression baseline (weights stored as float16), then the eval report. About 2 hours on two CPU cores.
 demo-model: system-deps install
 	pack="$$($(BIN)/twincast demo --pack-only -q)" && \
 	$(BIN)/twincast train "$$pack" --config demo --out runs/demo --half --force --from-scratch && \
