@@ -142,12 +142,14 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
     chosen = preset(SIZE)
     threads, timings = pick_threads(chosen, "cpu")
     rates = measure_rates(chosen, "cpu", threads)
+    card = read_card(prior)
+    shown = prior.resolve()
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "size": SIZE, "variant": f"teacher_{LIVE_STEPS}",
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_1min_at_start": os.getloadavg()[0]},
         "threads": threads, "threads_measured": timings, "teacher_s_per_step": rates.teacher_s,
-        "prior": {"path": str(prior), "steps": read_card(prior).get("steps"),
-                  "people": [entry["name"] for entry in read_card(prior)["packs"]]},
+        "prior": {"path": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown),
+                  "steps": card.get("steps"), "people": [entry["name"] for entry in card["packs"]]},
         "starts": starts, "runs": [],
     }
     renders = cache / "prior-study-renders"
