@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from avatar.synth import load_portrait
 from model.checkpoint import load_checkpoint
 from model.config import preset
 from model.flow import interpolate, velocity_loss
@@ -63,11 +64,12 @@ def test_a_demo_twin_starts_from_it_by_default_and_a_pack_of_another_crop_from_s
 
 def _face(path: Path, side: int) -> torch.Tensor:
     """A portrait's central square at ``side`` px, as a (1, 3, side, side) crop in [-1, 1]."""
-    image = Image.open(path).convert("RGB")
-    width, height = image.size
+    image = load_portrait(path)
+    height, width = image.shape[:2]
     edge = min(width, height)
-    square = image.crop(((width - edge) // 2, (height - edge) // 2, (width + edge) // 2, (height + edge) // 2))
-    pixels = np.asarray(square.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+    top, left = (height - edge) // 2, (width - edge) // 2
+    square = cv2.resize(image[top:top + edge, left:left + edge], (side, side), interpolation=cv2.INTER_CUBIC)
+    pixels = square.astype(np.float32) / 127.5 - 1
     return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
 
