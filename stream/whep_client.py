@@ -15,10 +15,13 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from twincast.errors import InputError
+
+NACK_RETRY_EVERY_S = 0.1  # libwebrtc's receiver asks again about once per round trip (100 ms before it knows the RTT)
+NACK_RETRIES = 10  # and gives a packet up after 10 asks, as libwebrtc does
 
 
 @dataclass
@@ -33,6 +36,7 @@ class ReceivedMedia:
     audio_arrival_s: list[float] = field(default_factory=list)
     audio_rate_hz: int = 0
     answer_sdp: str = ""
+    packets_asked_again: int = 0  # NACKs repeated for video packets still missing (``ask_again_for_lost_packets``)
     first_video: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -70,6 +74,46 @@ async def drain(track: MediaStreamTrack, media: ReceivedMedia, keep_video: int =
             media.audio_arrival_s.append(now)
 
 
+async def ask_again_for_lost_packets(peer: RTCPeerConnection, media: ReceivedMedia) -> None:
+    """Until cancelled, NACK the video packets still missing every ``NACK_RETRY_EVERY_S``, each at most
+    ``NACK_RETRIES`` times, as a browser's receiver does (counted in ``media.packets_asked_again``).
+
+    aiortc's receiver NACKs its missing packets only when a new gap appears, so a lost NACK or a lost
+    retransmission leaves its jitter buffer waiting on that packet until more packets go missing, or, on a link
+    that turns clean, until 512 packets have piled up behind it (seconds of frozen picture; measured: gaps of
+    0.8-1.9 s behind 30 % loss). Asking again is what makes an aiortc viewer recover like a browser.
+    """
+    asked: dict[int, int] = {}
+    while True:
+        await asyncio.sleep(NACK_RETRY_EVERY_S)
+        for receiver in peer.getReceivers():
+            if receiver.track is None or receiver.track.kind != "video":
+                continue
+            missing = _missing_packets(receiver)
+            for number in list(asked):
+                if number not in missing:
+                    del asked[number]
+            again = sorted(number for number in missing if asked.get(number, 0) < NACK_RETRIES)
+            if not again:
+                continue
+            for number in again:
+                asked[number] = asked.get(number, 0) + 1
+            media.packets_asked_again += len(again)
+            retransmitted = set(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}))
+            for source in receiver.getSynchronizationSources():
+                if source.source not in retransmitted:
+                    await receiver._send_rtcp_nack(source.source, again)
+
+
+def _missing_packets(receiver: RTCRtpReceiver) -> set[int]:
+    """The sequence numbers aiortc's receiver knows are missing (its NACK generator's set; empty if this aiortc
+    has none)."""
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    if generator is None:
+        return set()
+    return set(generator.missing)
+
+
 SdpRewrite = Callable[[str], Awaitable[str]]
 
 
@@ -100,6 +144,7 @@ class WhepViewer:
         self._rewrite_offer = rewrite_offer
         self._rewrite_answer = rewrite_answer
         self._drains: list[asyncio.Task[None]] = []
+        self._nacks: asyncio.Task[None] | None = None
         self.peer.on("track", self._on_track)
         self.peer.on("connectionstatechange", self._on_state)
 
@@ -116,6 +161,7 @@ class WhepViewer:
         Raises:
             InputError: the server refused the offer (its status and body are in the message).
         """
+        self._nacks = asyncio.ensure_future(ask_again_for_lost_packets(self.peer, self.media))
         self.peer.addTransceiver("video", direction="recvonly")
         self.peer.addTransceiver("audio", direction="recvonly")
         await self.peer.setLocalDescription(await self.peer.createOffer())
@@ -141,9 +187,10 @@ class WhepViewer:
                 async with http.delete(f"{self.base_url}{self.location}"):
                     pass
         await self.peer.close()
-        for task in self._drains:
+        tasks = [*self._drains, *([self._nacks] if self._nacks is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def pull(base_url: str, seconds: float, *, keep_video: int = 10_000, during: Any = None,

@@ -303,11 +303,14 @@ def test_a_lossy_viewer_keeps_receiving_recovers_and_slows_nobody(netserver: Ser
     reference, lossy, link = asyncio.run(scenario())
     ref, got = reference.media, lossy.media
     assert link.counts.down.lost > 20 and link.counts.up.lost > 1, link.counts  # the loss was real, both ways
+    assert got.packets_asked_again > 0  # the viewer asked again for lost packets (measured 49-103 NACKs)
 
     # The lossy viewer kept receiving, and every picture it decoded is a clean one.
     during = window(got, marks["loss"], marks["healed"])
     arrivals = np.asarray(got.video_arrival_s)[during]
     assert len(during) >= 10 * 5.0, len(during)  # measured 103-108 frames in the 5 s (of 125 sent)
+    # No freeze: the longest wait between frames measured 0.22-0.44 s at 30 % loss, also beside six busy processes
+    # (0.3-1.9 s before the viewer asked again for packets whose NACK or retransmission was lost, as browsers do).
     assert np.diff(arrivals).max() < 1.5, np.diff(arrivals).max()
     offset = pts_offset(got, ref, marks["loss"])
     scored = clean_frames(got, ref, offset)
@@ -335,7 +338,7 @@ def test_a_lossy_viewer_keeps_receiving_recovers_and_slows_nobody(netserver: Ser
     print(f"loss {loss:.0%}: lossy viewer {len(during) / 5.0:.1f} fps, min PSNR {min(while_lossy):.1f} dB, "
           f"lateness p50 {np.median(lossy_late):.0f} ms; clean {recovery_s:.2f} s after the loss stopped; "
           f"reference fps ratio {fps_ratio:.3f}, lateness p95 {np.percentile(alone, 95):.0f} → "
-          f"{np.percentile(beside, 95):.0f} ms; link {link.counts}")
+          f"{np.percentile(beside, 95):.0f} ms; {got.packets_asked_again} NACKs repeated; link {link.counts}")
 
 
 def test_a_vanished_viewer_is_dropped_and_slows_nobody(netserver: ServerProcess) -> None:
