@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from avatar.pack import AvatarPack
 from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.config import check_device_name
-from model.data import Batch, PackSampler
+from model.data import Batch, PackSampler, Sampler
 from model.flow import interpolate
 from model.loop import (
     StepObserver,
@@ -44,6 +45,7 @@ from model.loop import (
     update_ema,
 )
 from model.networks import Condition, TwinDenoiser
+from model.prior_card import initialise_from
 from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes
 
@@ -128,18 +130,26 @@ class Distiller:
     target_network: TwinDenoiser
     ema: TwinDenoiser | None
     optimizer: torch.optim.Optimizer
+    init_from: dict[str, Any] | None = None  # the prior student the student started from (``initialise_from``)
 
     @classmethod
-    def start(cls, teacher: TwinDenoiser, config: DistillConfig) -> Distiller:
-        """Begin from ``teacher`` (already on its device): the student and θ⁻ start as copies of it."""
+    def start(cls, teacher: TwinDenoiser, config: DistillConfig, *, init_from: Path | None = None) -> Distiller:
+        """Begin from ``teacher`` (already on its device): the student and θ⁻ start as copies of it, or, with
+        ``init_from`` (a prior holding a distilled student), as the prior's student (all but a latent model's
+        autoencoder, which stays the person's).
+
+        Raises:
+            NotFoundError, InputError: ``init_from`` is not a prior with a student that fits the teacher's model.
+        """
         teacher.requires_grad_(False)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
+        origin = None if init_from is None else initialise_from(student, init_from, role="student")
         if student.autoencoder is not None:  # the person's autoencoder stays as trained
             student.autoencoder.requires_grad_(False)
         ema = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
         target_network = copy.deepcopy(student).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(student.trainable(), lr=config.learning_rate, weight_decay=0.0)
-        return cls(teacher, student, target_network, ema, optimizer)
+        return cls(teacher, student, target_network, ema, optimizer, origin)
 
     def step(self, batch: Batch, config: DistillConfig, generator: torch.Generator, device: torch.device) -> float:
         """One consistency-distillation step on ``batch``; returns its loss."""
@@ -175,15 +185,35 @@ class Distiller:
         return self.ema or self.student
 
 
+def run_distillation(distiller: Distiller, sampler: Sampler, config: DistillConfig, device: torch.device,
+                     generator: torch.Generator, *, progress: bool = True,
+                     on_step: StepObserver | None = None) -> tuple[list[float], float]:
+    """``config.steps`` steps of ``distiller`` on batches from ``sampler``; returns the losses and the seconds."""
+    losses: list[float] = []
+    started = time.monotonic()
+    bar = tqdm(range(config.steps), desc="distill", unit="step", disable=not progress)
+    for step in bar:
+        losses.append(distiller.step(sampler.draw(config.batch_size, generator), config, generator, device))
+        show_loss(bar, step, losses)
+        if on_step is not None:
+            on_step(StepReport("student", step + 1, config.steps, recent_loss(losses), distiller.result))
+    return losses, time.monotonic() - started
+
+
 def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, force: bool = False,
-            half: bool = False, progress: bool = True, on_step: StepObserver | None = None) -> DistillResult:
+            half: bool = False, progress: bool = True, on_step: StepObserver | None = None,
+            init_from: Path | None = None) -> DistillResult:
     """Distil ``run``'s teacher into ``run/student.pt``.
 
     ``on_step``, when given, is told after every step how far distillation is (``model.loop.StepReport``).
+    ``init_from``, when given, is a prior holding a distilled student (``model.prior.distill_prior``): the
+    student starts from it instead of from a copy of the teacher, and the checkpoint and ``distill.json`` record
+    it (``init_from``).
 
     Raises:
-        NotFoundError: no teacher in ``run``, or its pack is gone (pass ``pack_path``).
-        InputError: a student exists already and ``force`` is false.
+        NotFoundError: no teacher in ``run``, or its pack is gone (pass ``pack_path``), or ``init_from`` holds
+            no student.
+        InputError: a student exists already and ``force`` is false, or ``init_from``'s student does not fit.
     """
     teacher_checkpoint = load_checkpoint(run, "teacher")
     out = run / ROLE_FILES["student"]
@@ -195,25 +225,18 @@ def distill(run: Path, config: DistillConfig, *, pack_path: Path | None = None, 
     pack = AvatarPack.load(pack_path)
     check_fits(teacher_checkpoint.model, pack)
     device, generator = seeded_device(config.threads, config.seed, config.device)
-    distiller = Distiller.start(teacher_checkpoint.build().to(device), config)
-    sampler = PackSampler(pack)
-    losses: list[float] = []
-    started = time.monotonic()
-    bar = tqdm(range(config.steps), desc="distill", unit="step", disable=not progress)
-    for step in bar:
-        losses.append(distiller.step(sampler.draw(config.batch_size, generator), config, generator, device))
-        show_loss(bar, step, losses)
-        if on_step is not None:
-            on_step(StepReport("student", step + 1, config.steps, recent_loss(losses), distiller.result))
-    seconds = time.monotonic() - started
+    distiller = Distiller.start(teacher_checkpoint.build().to(device), config, init_from=init_from)
+    losses, seconds = run_distillation(distiller, PackSampler(pack), config, device, generator, progress=progress,
+                                       on_step=on_step)
     final = distiller.result.eval()
     model_config = replace(teacher_checkpoint.model, sample_steps=config.sample_steps)
     save_checkpoint(out, model=model_config, train=teacher_checkpoint.train, state_dict=final.state_dict(),
                     step=config.steps, pack=pack_info(pack, pack_path), role="student", half=half,
-                    extra={"distill": asdict(config), "teacher_step": teacher_checkpoint.step})
+                    extra={"distill": asdict(config), "teacher_step": teacher_checkpoint.step,
+                           "init_from": distiller.init_from})
     final_loss = recent_loss(losses)
     report = {"role": "student", "steps": config.steps, "seconds": round(seconds, 2), "device": str(device),
               "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
-              "distill": asdict(config)}
+              "distill": asdict(config), "init_from": distiller.init_from}
     atomic_write_bytes(run / "distill.json", json.dumps(report, indent=1).encode())
     return DistillResult(student=out, steps=config.steps, final_loss=final_loss, seconds=seconds)

@@ -10,13 +10,17 @@ Using a prior (``model.prior_card``, which ``model.train`` imports without impor
 ``initialise_from`` loads a prior's weights into a new twin's network before its first step (``twincast train
 --from PRIOR``); ``shipped_prior`` finds the prior that ships for a preset under ``assets/prior/<preset>/``, which
 ``twincast create`` starts from by default.
+
+``distill_prior`` distils a prior's teacher into a few-step prior student (``student.pt``, on the same packs and
+augmentation; the card gains a ``student`` entry). A new twin's distillation starts from that student instead of
+from a copy of the twin's own teacher (``twincast distill --from PRIOR``; ``create`` when its prior holds one).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,14 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avatar.pack import AvatarPack
-from model.checkpoint import ROLE_FILES
+from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler
-from model.loop import StepObserver, check_fits, pack_info, seeded_device
+from model.distill import DistillConfig, Distiller, DistillResult, run_distillation
+from model.loop import StepObserver, check_fits, pack_info, recent_loss, seeded_device
 from model.networks import TwinDenoiser
-from model.prior_card import CARD_FILE, CARD_KIND, CARD_VERSION, UNKNOWN_LICENCE
+from model.prior_card import CARD_FILE, CARD_KIND, CARD_VERSION, UNKNOWN_LICENCE, read_card
 from model.train import TrainResult, fit, prepare_run
-from twincast.errors import InputError
+from twincast.errors import InputError, NotFoundError
 from twincast.files import atomic_write_bytes, sha256_file
 
 
@@ -233,3 +238,52 @@ def card_entry(pack: AvatarPack, path: Path, licence: str) -> dict[str, Any]:
             "frame_count": pack.meta.frame_count, "source": {"name": source.get("name"),
                                                              "sha256": source.get("sha256")},
             "portrait": source.get("portrait"), "licence": licence}
+
+
+def distill_prior(prior: Path, config: DistillConfig, *, pack_paths: list[Path] | None = None,
+                  force: bool = False, half: bool = False, progress: bool = True,
+                  on_step: StepObserver | None = None) -> DistillResult:
+    """Distil ``prior``'s teacher into a prior student (``prior/student.pt``) on the prior's packs (or
+    ``pack_paths``, in the card's order, where they have moved) with the augmentation its teacher was trained
+    with, and add a ``student`` entry to the card (steps, settings, loss, seconds, the checkpoint's SHA-256).
+
+    Raises:
+        NotFoundError: ``prior`` is not a prior, or one of its packs is gone (pass ``pack_paths``).
+        InputError: a student exists already and ``force`` is false, ``pack_paths`` do not pair with the card's
+            packs, or the packs do not fit the teacher.
+    """
+    card = read_card(prior)
+    out = prior / ROLE_FILES["student"]
+    if out.exists() and not force:
+        raise InputError(f"prior {prior} already holds a student ({out.name}); pass --force to overwrite it")
+    recorded = [Path(entry["path"]) for entry in card["packs"]]
+    paths = pack_paths or recorded
+    if len(paths) != len(recorded):
+        raise InputError(f"{len(paths)} packs given for a prior of {len(recorded)}; give one per pack of its card, "
+                         "in the card's order")
+    for path in paths:
+        if not (path / "avatar.json").is_file():
+            raise NotFoundError(f"the prior's avatar pack {path} is not there; pass the packs (--pack, once per "
+                                "pack in the card's order)")
+    packs = [AvatarPack.load(path) for path in paths]
+    teacher_checkpoint = load_checkpoint(prior, "teacher")
+    for pack in packs:
+        check_fits(teacher_checkpoint.model, pack)
+    device, generator = seeded_device(config.threads, config.seed, config.device)
+    distiller = Distiller.start(teacher_checkpoint.build().to(device), config)
+    sampler = MultiPackSampler(packs, Augmentation(**card["augmentation"]))
+    losses, seconds = run_distillation(distiller, sampler, config, device, generator, progress=progress,
+                                       on_step=on_step)
+    model_config = replace(teacher_checkpoint.model, sample_steps=config.sample_steps)
+    save_checkpoint(out, model=model_config, train=teacher_checkpoint.train,
+                    state_dict=distiller.result.eval().state_dict(), step=config.steps, pack=teacher_checkpoint.pack,
+                    role="student", half=half,
+                    extra={"distill": asdict(config), "teacher_step": teacher_checkpoint.step})
+    final_loss = recent_loss(losses)
+    card["student"] = {"checkpoint": ROLE_FILES["student"], "checkpoint_sha256": sha256_file(out),
+                       "steps": config.steps, "final_loss": final_loss, "seconds": round(seconds, 2),
+                       "device": str(device), "distill": asdict(config),
+                       "loss_every_10": [round(v, 5) for v in losses[::10]],
+                       "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    atomic_write_bytes(prior / CARD_FILE, json.dumps(card, indent=1).encode())
+    return DistillResult(student=out, steps=config.steps, final_loss=final_loss, seconds=seconds)

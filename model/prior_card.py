@@ -50,17 +50,22 @@ def read_card(prior: Path) -> dict[str, Any]:
     return card
 
 
-def initialise_from(network: TwinDenoiser, prior: Path) -> dict[str, Any]:
-    """Load the prior's weights into ``network`` (all but a latent model's autoencoder, which stays the
-    person's own) and return what a run records about its start: the prior's path, card hash and preset.
+def initialise_from(network: TwinDenoiser, prior: Path, *, role: str = "teacher") -> dict[str, Any]:
+    """Load the prior's weights into ``network`` — its teacher's, or with ``role="student"`` its distilled
+    student's — (all but a latent model's autoencoder, which stays the person's own) and return what a run
+    records about its start: the prior's path, card hash, preset and the role loaded.
 
     Raises:
-        NotFoundError, InputError: ``prior`` is not a prior (``read_card``), or its model differs from the
-            network's in a setting of ``MATCHING_FIELDS`` (each named, with both values).
+        NotFoundError, InputError: ``prior`` is not a prior (``read_card``), has no student when one is asked
+            for, or its model differs from the network's in a setting of ``MATCHING_FIELDS`` (each named, with
+            both values).
     """
-    read_card(prior)
+    card = read_card(prior)
     directory = prior.parent if prior.is_file() else prior
-    checkpoint = load_checkpoint(directory)
+    if role == "student" and "student" not in card:
+        raise NotFoundError(f"prior {directory} has no distilled student; make one with twincast prior-distill "
+                            f"{directory}, or distil from the teacher (--from-teacher)")
+    checkpoint = load_checkpoint(directory, role)
     differ = model_differences(asdict(checkpoint.model), network.config)
     if differ:
         raise InputError(f"prior {directory} was trained with another model: {'; '.join(differ)}; train with "
@@ -72,8 +77,9 @@ def initialise_from(network: TwinDenoiser, prior: Path) -> dict[str, Any]:
     if missed or unexpected:
         raise InputError(f"prior {directory}'s weights do not fit this model: missing {missed[:3]}, "
                          f"unexpected {unexpected[:3]}")
-    return {"path": str(directory.resolve()), "card_sha256": sha256_file(directory / CARD_FILE),
-            "preset": checkpoint.model.preset}
+    origin = {"path": str(directory.resolve()), "card_sha256": sha256_file(directory / CARD_FILE),
+              "preset": checkpoint.model.preset}
+    return origin if role == "teacher" else {**origin, "role": role}
 
 
 def model_differences(prior_model: dict[str, Any], model: ModelConfig) -> list[str]:
@@ -126,3 +132,28 @@ def choose_prior(preset_name: str, *, prior: Path | None, from_scratch: bool,
     if differ:
         return None, f"from scratch: the shipped {preset_name} prior does not fit this model ({'; '.join(differ)})"
     return shipped, f"from the shipped {preset_name} prior ({shipped})"
+
+
+def choose_student_prior(preset_name: str, *, prior: Path | None, from_teacher: bool,
+                         model: ModelConfig | None = None) -> tuple[Path | None, str]:
+    """The prior whose distilled student a new student starts from, and a sentence saying which and why: the one
+    asked for (it must hold a student), none with ``from_teacher`` (a copy of the person's teacher), else the
+    shipped prior for the preset when it fits ``model`` and holds a student.
+
+    Raises:
+        InputError: both a prior and ``from_teacher`` were asked for, or the prior asked for is of another preset.
+        NotFoundError: the prior asked for holds no student, or is not a prior.
+    """
+    if prior is not None and from_teacher:
+        raise InputError(f"a prior ({prior}) and --from-teacher were both given; choose one")
+    if from_teacher:
+        return None, "from the teacher (--from-teacher)"
+    chosen, text = choose_prior(preset_name, prior=prior, from_scratch=False, model=model)
+    if chosen is None:
+        return None, "from the teacher: " + text.removeprefix("from scratch: ")
+    if "student" not in read_card(chosen):
+        if prior is not None:
+            raise NotFoundError(f"prior {prior} has no distilled student; make one with twincast prior-distill "
+                                f"{prior}, or distil from the teacher (--from-teacher)")
+        return None, f"from the teacher: the shipped {preset_name} prior has no student"
+    return chosen, text.replace("from the ", "from the student of the ", 1)

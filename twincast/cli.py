@@ -244,21 +244,66 @@ def _distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing student")
+    parser.add_argument("--from", dest="init_from", type=Path, metavar="PRIOR",
+                        help="start the student from this prior's distilled student (made by twincast "
+                        "prior-distill; default: the shipped prior's, when it has one)")
+    parser.add_argument("--from-teacher", action="store_true",
+                        help="start the student as a copy of the run's teacher, not a prior's student")
 
 
 @command("distill", "few-step consistency student from a run's teacher", _distill_arguments)
 def cmd_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from model.checkpoint import load_checkpoint
     from model.distill import DISTILL_PRESETS, DistillConfig, distill
+    from model.prior_card import choose_student_prior
     from twincast.errors import InputError
 
-    name = args.preset or load_checkpoint(args.run).model.preset
+    teacher = load_checkpoint(args.run).model
+    name = args.preset or teacher.preset
     if name not in DISTILL_PRESETS:
         raise InputError(f"unknown distill config {name!r}; expected one of {sorted(DISTILL_PRESETS)}")
     config = build_config(DistillConfig, section="distill", toml=toml, env=os.environ, base=DISTILL_PRESETS[name],
                           overrides={"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed})
+    init_from, start = choose_student_prior(teacher.preset, prior=args.init_from, from_teacher=args.from_teacher,
+                                            model=teacher)
+    print(f"distill: {start}", file=sys.stderr, flush=True)
     result = distill(args.run, config, pack_path=_pack_for_run(args), force=args.force, half=args.half,
-                     progress=_progress(args))
+                     progress=_progress(args), init_from=init_from)
+    print(json.dumps({"student": str(result.student), "steps": result.steps,
+                      "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
+                      "init_from": None if init_from is None else str(init_from), "start": start}))
+    return 0
+
+
+def _prior_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prior", type=Path, help="a prior directory (made by twincast prior)")
+    parser.add_argument("--pack", type=Path, action="append", default=[], dest="packs",
+                        help="the prior's packs where they have moved, once per pack in its card's order "
+                        "(default: where its card says they are)")
+    parser.add_argument("--config", "--preset", dest="preset", help="distill settings: tiny, demo or base "
+                        "(default: the prior's size)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite the prior's existing student")
+
+
+@command("prior-distill", "a prior's teacher → a few-step prior student that new students start from",
+         _prior_distill_arguments)
+def cmd_prior_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
+    from model.distill import DISTILL_PRESETS, DistillConfig
+    from model.prior import distill_prior
+    from model.prior_card import read_card
+    from twincast.errors import InputError
+
+    name = args.preset or read_card(args.prior).get("preset")
+    if name not in DISTILL_PRESETS:
+        raise InputError(f"unknown distill config {name!r}; expected one of {sorted(DISTILL_PRESETS)}")
+    config = build_config(DistillConfig, section="distill", toml=toml, env=os.environ, base=DISTILL_PRESETS[name],
+                          overrides={"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed})
+    result = distill_prior(args.prior, config, pack_paths=args.packs or None, force=args.force, half=args.half,
+                           progress=_progress(args))
     print(json.dumps({"student": str(result.student), "steps": result.steps,
                       "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1)}))
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,6 +276,69 @@ def test_the_cli_trains_a_prior_and_a_twin_from_it(hopper_pack: Path, pack: Path
     assert load_checkpoint(run).extra["init_from"]["card_sha256"] == sha256_file(prior / CARD_FILE)
     both = run_cli("train", str(pack), "--out", str(tmp_path / "x"), "--from", str(prior), "--from-scratch",
                    check=False)
+    assert both.returncode == 2 and "choose one" in both.stderr
+
+
+def test_a_prior_student_is_distilled_on_the_priors_people_and_carded(prior_dir: Path, tmp_path: Path) -> None:
+    prior = tmp_path / "prior"
+    shutil.copytree(prior_dir, prior)
+    made = run_cli("prior-distill", str(prior), "--steps", "6", "-q")
+    assert json.loads(made.stdout.strip().splitlines()[-1])["steps"] == 6
+    card = json.loads((prior / CARD_FILE).read_text())
+    student = card["student"]
+    assert student["checkpoint"] == "student.pt" and student["steps"] == 6
+    assert student["checkpoint_sha256"] == sha256_file(prior / "student.pt")
+    assert student["distill"]["batch_size"] == 8 and len(student["loss_every_10"]) == 1  # the tiny distill preset
+    assert math.isfinite(student["final_loss"])
+    checkpoint = load_checkpoint(prior, "student")
+    assert checkpoint.role == "student" and checkpoint.pack["prior"] is True
+    teacher = load_checkpoint(prior)
+    assert any(not torch.equal(value, teacher.state_dict[key]) for key, value in checkpoint.state_dict.items())
+    again = run_cli("prior-distill", str(prior), "--steps", "1", check=False)
+    assert again.returncode == 2 and "already holds a student" in again.stderr
+    moved = run_cli("prior-distill", str(prior), "--steps", "1", "--force", "--pack", str(tmp_path / "gone"),
+                    check=False)
+    assert moved.returncode == 2 and "1 packs given for a prior of 2" in moved.stderr
+
+
+def test_distillation_starts_from_the_prior_student_and_records_it(prior_dir: Path, pack: Path,
+                                                                   tmp_path: Path) -> None:
+    from model.distill import TINY_DISTILL, Distiller
+    from model.prior import distill_prior
+    from model.train import train
+
+    prior = tmp_path / "prior"
+    shutil.copytree(prior_dir, prior)
+    run = tmp_path / "run"
+    train(pack, run, TINY, TrainConfig(steps=10, threads=2), progress=False, init_from=prior)
+    teacher = load_checkpoint(run).build()
+
+    without = run_cli("distill", str(run), "--from", str(prior), "--steps", "1", check=False)
+    assert without.returncode != 0 and f"prior {prior} has no distilled student" in without.stderr
+    distill_prior(prior, replace(TINY_DISTILL, steps=4, threads=2), progress=False)
+
+    # The student, θ⁻ and the EMA start as the prior's student, not as copies of the person's teacher.
+    config = replace(TINY_DISTILL, ema_decay=0.9, threads=2)
+    started = Distiller.start(teacher, config, init_from=prior)
+    prior_student = load_checkpoint(prior, "student").state_dict
+    assert started.ema is not None
+    for network in (started.student, started.target_network, started.ema):
+        for key, value in network.state_dict().items():
+            torch.testing.assert_close(value, prior_student[key].float(), rtol=0, atol=0)
+    assert any(not torch.equal(value, teacher.state_dict()[key]) for key, value in prior_student.items())
+    assert started.init_from == {"path": str(prior.resolve()), "card_sha256": sha256_file(prior / CARD_FILE),
+                                 "preset": "tiny", "role": "student"}
+
+    made = run_cli("distill", str(run), "--from", str(prior), "--steps", "3", "-q")
+    said = json.loads(made.stdout.strip().splitlines()[-1])
+    assert said["init_from"] == str(prior) and said["start"] == f"from the student of the prior {prior}"
+    assert f"distill: from the student of the prior {prior}" in made.stderr
+    assert load_checkpoint(run, "student").extra["init_from"] == started.init_from
+    assert json.loads((run / "distill.json").read_text())["init_from"] == started.init_from
+    copied = run_cli("distill", str(run), "--from-teacher", "--steps", "3", "--force", "-q")
+    assert json.loads(copied.stdout.strip().splitlines()[-1])["init_from"] is None
+    assert json.loads((run / "distill.json").read_text())["init_from"] is None
+    both = run_cli("distill", str(run), "--from", str(prior), "--from-teacher", "--force", check=False)
     assert both.returncode == 2 and "choose one" in both.stderr
 
 
