@@ -28,7 +28,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from avatar.synth import DEFAULT_TEXT, SynthConfig, synth_footage
 from model.config import TrainConfig, preset
 from model.eval import EvalInputs, load_holdout, mouth_signals, render, round_metric, score
 from model.schedule import _train_config, measure_rates, parse_duration, pick_threads
+from twincast.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = "demo"
@@ -193,6 +194,94 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
                 record(person, start, budget_s, steps, wall_s, figures, frames)
 
 
+def run_students(cache: Path, prior: Path, budget_s: float, prior_student_steps: int, distill_steps: list[int],
+                 out: Path) -> None:
+    """Distillation from a prior student vs from a copy of the person's teacher.
+
+    A copy of ``prior`` (under ``--cache``; the shipped prior is left as it is) gets a student distilled on the
+    prior's people (``model.prior.distill_prior``, ``prior_student_steps`` steps at the demo distill settings).
+    Per held-out person, one teacher is trained from the prior for ``budget_s`` (planned like ``curves``), then
+    distilled for each of ``distill_steps`` twice — the student starting as the teacher's copy (what distill did
+    before priors had students) and as the prior's student — and student_1 and student_2 are scored on the
+    holdout; the prior student with no tuning at all is scored too.
+    """
+    from model.checkpoint import load_checkpoint
+    from model.distill import DISTILL_PRESETS, distill
+    from model.prior import distill_prior
+    from model.schedule import ema_for
+    from model.train import train
+
+    chosen = preset(SIZE)
+    threads, _ = pick_threads(chosen, "cpu")
+    rates = measure_rates(chosen, "cpu", threads)
+    base = replace(DISTILL_PRESETS[SIZE], threads=threads, device="cpu")
+    with_student = cache / "prior-with-student"
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "size": SIZE,
+        "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_1min_at_start": os.getloadavg()[0]},
+        "threads": threads, "teacher_budget_s": budget_s, "distill": asdict(base), "runs": [],
+    }
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, json.dumps(report, indent=1).encode())
+
+    if not (with_student / "student.pt").is_file():
+        shutil.rmtree(with_student, ignore_errors=True)
+        shutil.copytree(prior, with_student)
+        packs = [pack_path(cache, person) for person in PEOPLE if person.in_prior]
+        made = distill_prior(with_student, replace(base, steps=prior_student_steps,
+                                                   ema_decay=ema_for(prior_student_steps, base.ema_decay)),
+                             pack_paths=packs, progress=True)
+        print(f"prior student: {made.steps} steps in {made.seconds:.0f} s, loss {made.final_loss:.4f}", flush=True)
+    card = json.loads((with_student / "prior.json").read_text())["student"]
+    report["prior_student"] = {key: card[key] for key in ("steps", "seconds", "final_loss", "distill")}
+    save()
+    for person in (p for p in PEOPLE if not p.in_prior):
+        pack = AvatarPack.load(pack_path(cache, person))
+        inputs = load_holdout(pack)
+        truth_mouth = mouth_signals(inputs.truth)
+
+        def record(start: str, steps: int, wall_s: float, figures: dict[str, Any], name: str = person.name) -> None:
+            report["runs"].append({"person": name, "start": start, "distill_steps": steps,
+                                   "distill_wall_s": round(wall_s, 1), "figures": figures})
+            save()
+            print(f"{name} {start} {steps}: " + ", ".join(
+                f"{variant} {values['psnr_mouth']} dB / {values.get('sharpness_ratio')}"
+                for variant, values in figures.items()), flush=True)
+
+        record("prior student, no tuning", 0, 0.0,
+               student_figures(load_checkpoint(with_student, "student").build(), inputs, truth_mouth))
+        run = cache / f"student-study-{person.name}"
+        if not (run / "checkpoint.pt").is_file():
+            model = preset(SIZE, crop_px=pack.meta.crop_px, mask_top=pack.meta.mask_top).model
+            steps = max(1, int(budget_s / rates.teacher_s))
+            config = replace(_train_config(chosen.train, "flow", steps, rates.teacher_s), threads=threads,
+                             device="cpu")
+            train(pack_path(cache, person), run, model, config, force=True, progress=False, init_from=prior)
+        teacher_figures, _ = scored(load_checkpoint(run, "teacher").build(), inputs, truth_mouth)
+        report["runs"].append({"person": person.name, "start": "teacher", "figures": {"teacher_2": teacher_figures}})
+        for steps in distill_steps:
+            distill_config = replace(base, steps=steps, ema_decay=ema_for(steps, base.ema_decay))
+            for start, init in (("teacher copy", None), ("prior student", with_student)):
+                started = time.monotonic()
+                distill(run, distill_config, pack_path=pack_path(cache, person), force=True, progress=False,
+                        init_from=init)
+                wall_s = time.monotonic() - started
+                record(start, steps, wall_s, student_figures(load_checkpoint(run, "student").build(), inputs,
+                                                             truth_mouth))
+
+
+def student_figures(network: Any, inputs: EvalInputs, truth_mouth: Any) -> dict[str, Any]:
+    """``eval``'s figures for student_1 and student_2."""
+    figures = {}
+    for steps in (1, 2):
+        frames = render(network, inputs, steps)
+        figures[f"student_{steps}"] = {key: round_metric(value)
+                                       for key, value in score(frames, inputs, truth_mouth).items()}
+    return figures
+
+
 def make_sheet(cache: Path, budgets: list[float], out: Path, extra: tuple[str, ...] = (),
                frames_per_person: int = 4) -> None:
     """Per held-out person: truth, the prior zero-shot, then prior | scratch at each budget; a few holdout frames
@@ -247,12 +336,14 @@ def make_mouths(renders: Path, budgets: list[float], out: Path, scale: int = 3) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("footage", "prior", "curves", "sheet"))
+    parser.add_argument("stage", choices=("footage", "prior", "curves", "sheet", "students"))
     parser.add_argument("--cache", type=Path, default=Path("bench-cache"))
     parser.add_argument("--prior", type=Path, default=ROOT / "assets" / "prior" / SIZE)
     parser.add_argument("--steps", type=int, default=6000, help="the prior's steps")
     parser.add_argument("--budgets", default="1m,4m,12m")
     parser.add_argument("--starts", default="prior,scratch", help="prior, scratch, prior@LR (a fine-tuning rate)")
+    parser.add_argument("--student-steps", type=int, default=1000, help="students: the prior student's steps")
+    parser.add_argument("--distill-steps", default="100,300", help="students: each twin's distill steps")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     budgets = [parse_duration(text) for text in args.budgets.split(",")]
@@ -264,6 +355,10 @@ def main() -> None:
     elif args.stage == "curves":
         run_curves(args.cache, args.prior, budgets, args.out or Path("bench/results/prior_curves_demo_cpu.json"),
                    args.starts.split(","))
+    elif args.stage == "students":
+        run_students(args.cache, args.prior, budgets[0], args.student_steps,
+                     [int(text) for text in args.distill_steps.split(",")],
+                     args.out or Path("bench/results/prior_students_demo_cpu.json"))
     else:
         extra = tuple(start for start in args.starts.split(",") if start not in ("prior", "scratch"))
         make_sheet(args.cache, budgets, args.out or Path("bench/results/prior_sheet_demo_cpu.jpg"), extra)

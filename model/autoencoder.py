@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,9 @@ from model.loop import (
 )
 from model.metrics import mouth_box, psnr
 from model.networks import Autoencoder, lower_mask
+from model.prior_card import read_card
 from twincast.errors import InputError, NotFoundError
-from twincast.files import atomic_write_bytes
+from twincast.files import atomic_write_bytes, sha256_file
 
 REPORT_FILE = "autoencoder.json"
 LATENT_NOISE = 0.1  # std of the noise added to standardised latents while training the decoder
@@ -105,16 +108,88 @@ def load_autoencoder(run: Path, config: ModelConfig) -> Autoencoder:
     return autoencoder.eval()
 
 
+def fit_autoencoder(autoencoder: Autoencoder, draw: Callable[[int, torch.Generator], Tensor],
+                    model_config: ModelConfig, train_config: TrainConfig, device: torch.device,
+                    generator: torch.Generator, *, progress: bool = True,
+                    on_step: StepObserver | None = None) -> tuple[list[float], float]:
+    """``train_config.autoencoder_steps`` steps of the reconstruction loss on the autoencoder's trainable
+    parameters (all, or the decoder only when the encoder is frozen), batches of targets from ``draw(batch_size,
+    generator)``; returns the losses and the seconds.
+
+    Raises:
+        InputError: the loss stopped being finite.
+    """
+    parameters = [parameter for parameter in autoencoder.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=train_config.autoencoder_learning_rate)
+    weight = reconstruction_weight(model_config, device)
+    steps = train_config.autoencoder_steps
+    losses: list[float] = []
+    started = time.monotonic()
+    bar = tqdm(range(steps), desc="train-ae", unit="step", disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), train_config.autoencoder_learning_rate)
+        target = draw(train_config.batch_size, generator).to(device)
+        loss = autoencoder_loss(autoencoder, target, weight, device)
+        if not torch.isfinite(loss):
+            raise InputError(f"autoencoder training diverged at step {step}; lower autoencoder_learning_rate")
+        losses.append(optimise(optimizer, loss, parameters))
+        show_loss(bar, step, losses)
+        if on_step is not None:
+            on_step(StepReport("autoencoder", step + 1, steps, recent_loss(losses), autoencoder))
+    return losses, time.monotonic() - started
+
+
+def prior_autoencoder(prior: Path, config: ModelConfig) -> tuple[Autoencoder, dict[str, Any]]:
+    """A latent prior's shared autoencoder (``model.prior.train_prior``), checked against ``config``, and what a
+    run records about it: the prior's path and the autoencoder checkpoint's SHA-256.
+
+    Raises:
+        NotFoundError: ``prior`` is not a prior.
+        InputError: the prior has no shared autoencoder (a pixel prior), or it was made for another latent shape.
+    """
+    card = read_card(prior)
+    directory = prior.parent if prior.is_file() else prior
+    if "autoencoder" not in card:
+        raise InputError(f"prior {directory} has no shared autoencoder (it is a {card.get('preset')} prior); a "
+                         "latent twin can only start from a latent prior trained by twincast prior")
+    autoencoder = load_autoencoder(directory, config)
+    return autoencoder, {"path": str(directory.resolve()),
+                         "autoencoder_sha256": sha256_file(directory / ROLE_FILES["autoencoder"])}
+
+
+def check_latent_space(run: Path, prior: Path) -> None:
+    """Refuse to start ``run``'s denoiser from a latent ``prior`` unless the run's autoencoder was made from the
+    prior's (``train_autoencoder(..., init_from=prior)``): the prior's denoiser knows only its own latent space.
+
+    Raises:
+        InputError: the prior has no shared autoencoder, or the run's autoencoder did not come from it.
+    """
+    card = read_card(prior)
+    directory = prior.parent if prior.is_file() else prior
+    if "autoencoder" not in card:
+        raise InputError(f"prior {directory} has no shared autoencoder, so its denoiser does not know this run's "
+                         "latents; use a latent prior trained by twincast prior")
+    made_from = (load_checkpoint(run, "autoencoder").extra or {}).get("init_from") or {}
+    if made_from.get("autoencoder_sha256") != sha256_file(directory / ROLE_FILES["autoencoder"]):
+        raise InputError(f"{run}'s autoencoder was not made from prior {directory}'s, and the prior's denoiser "
+                         f"knows only its own latent space: run `twincast train-ae PACK --from {directory} "
+                         f"--out {run} --force` first")
+
+
 def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
                       force: bool = False, half: bool = False, progress: bool = True,
-                      on_step: StepObserver | None = None) -> AutoencoderResult:
+                      on_step: StepObserver | None = None, init_from: Path | None = None) -> AutoencoderResult:
     """Train the person's autoencoder on ``pack_path``; writes ``autoencoder.pt`` and its report into ``out``.
 
     ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
+    ``init_from``, when given, is a latent prior: the autoencoder starts as the prior's shared one and only its
+    decoder is trained, on this person; the encoder and the latent statistics stay the prior's, so the prior's
+    denoiser can start this twin's teacher (``model.train.train(..., init_from=)`` checks that).
 
     Raises:
-        InputError: the config is not a latent model, the crop geometry differs from the pack's, or ``out``
-            already holds an autoencoder and ``force`` is false.
+        InputError: the config is not a latent model, the crop geometry differs from the pack's, ``out``
+            already holds an autoencoder and ``force`` is false, or ``init_from`` has no autoencoder that fits.
     """
 
     if not model_config.latent:
@@ -125,39 +200,32 @@ def train_autoencoder(pack_path: Path, out: Path, model_config: ModelConfig, tra
         raise InputError(f"{out} already holds an autoencoder ({target_file.name}); pass --force to overwrite it")
     pack = AvatarPack.load(pack_path)
     check_fits(model_config, pack)
+    origin = None
+    if init_from is not None:
+        autoencoder, origin = prior_autoencoder(init_from, model_config)
+        autoencoder.encoder.requires_grad_(False)
+    else:
+        autoencoder = Autoencoder(model_config)
     out.mkdir(parents=True, exist_ok=True)
     device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
     sampler = PackSampler(pack)
-    autoencoder = Autoencoder(model_config).to(device).train()
-    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=train_config.autoencoder_learning_rate)
-    weight = reconstruction_weight(model_config, device)
-    steps = train_config.autoencoder_steps
-    losses: list[float] = []
-    started = time.monotonic()
-    bar = tqdm(range(steps), desc=f"train-ae {model_config.preset}", unit="step", disable=not progress)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, steps, max(1, steps // 20), train_config.autoencoder_learning_rate)
-        target = sampler.draw(train_config.batch_size, generator).target.to(device)
-        loss = autoencoder_loss(autoencoder, target, weight, device)
-        if not torch.isfinite(loss):
-            raise InputError(f"autoencoder training diverged at step {step}; lower autoencoder_learning_rate")
-        losses.append(optimise(optimizer, loss, list(autoencoder.parameters())))
-        show_loss(bar, step, losses)
-        if on_step is not None:
-            on_step(StepReport("autoencoder", step + 1, steps, recent_loss(losses), autoencoder))
+    autoencoder.to(device).train()
+    losses, seconds = fit_autoencoder(autoencoder, lambda size, gen: sampler.draw(size, gen).target, model_config,
+                                      train_config, device, generator, progress=progress, on_step=on_step)
     autoencoder.eval()
-    standardise(autoencoder, sampler.crops[torch.from_numpy(sampler.indices)], device)
+    if init_from is None:  # a prior's latent space is kept as it is: its encoder and its statistics
+        standardise(autoencoder, sampler.crops[torch.from_numpy(sampler.indices)], device)
     face, mouth = holdout_psnr(autoencoder, pack, device)
-    seconds = time.monotonic() - started
+    steps = train_config.autoencoder_steps
     save_checkpoint(target_file, model=model_config, train=train_config, state_dict=autoencoder.state_dict(),
-                    step=steps, pack=pack_info(pack, pack_path), role="autoencoder", half=half)
+                    step=steps, pack=pack_info(pack, pack_path), role="autoencoder", half=half,
+                    extra={"init_from": origin} if origin is not None else None)
     final_loss = recent_loss(losses)
     report = {"role": "autoencoder", "preset": model_config.preset, "steps": steps, "seconds": round(seconds, 2),
               "device": str(device), "final_loss": final_loss, "loss_every_10": [round(v, 5) for v in losses[::10]],
               "parameters": sum(p.numel() for p in autoencoder.parameters()),
               "holdout_psnr_face": round(face, 3), "holdout_psnr_mouth": round(mouth, 3),
-              "latent_shape": list(autoencoder.latent_shape), "model": asdict(model_config)}
+              "latent_shape": list(autoencoder.latent_shape), "model": asdict(model_config), "init_from": origin}
     atomic_write_bytes(out / REPORT_FILE, json.dumps(report, indent=1).encode())
     return AutoencoderResult(path=target_file, steps=steps, final_loss=final_loss, seconds=seconds,
                              holdout_psnr_face=face, holdout_psnr_mouth=mouth)

@@ -25,17 +25,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from avatar.pack import AvatarPack
+from model.autoencoder import fit_autoencoder, holdout_psnr, load_autoencoder, standardise
 from model.checkpoint import ROLE_FILES, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler
 from model.distill import DistillConfig, Distiller, DistillResult, run_distillation
 from model.loop import StepObserver, check_fits, pack_info, recent_loss, seeded_device
-from model.networks import TwinDenoiser
+from model.networks import Autoencoder, TwinDenoiser
 from model.prior_card import CARD_FILE, CARD_KIND, CARD_VERSION, UNKNOWN_LICENCE, read_card
 from model.train import TrainResult, fit, prepare_run
 from twincast.errors import InputError, NotFoundError
@@ -73,6 +75,8 @@ class Augmentation:
             raise InputError(f"augmentation rotation_deg {self.rotation_deg} must be in [0, 15] degrees")
 
 
+AUTOENCODER_REPORT = "autoencoder-prior.json"  # a latent prior's shared autoencoder: how it was trained
+STANDARDISE_FRAMES = 2048  # training crops (spread over the people) its latent statistics are measured on
 NO_AUGMENTATION = Augmentation(brightness=0.0, contrast=0.0, saturation=0.0, flip=0.0, scale=0.0, rotation_deg=0.0)
 
 
@@ -182,19 +186,19 @@ def train_prior(pack_paths: list[Path], out: Path, model_config: ModelConfig, tr
     """Train the teacher network on every pack in ``pack_paths`` into ``out`` and write its model card.
 
     ``licences`` are the packs' licences as the caller states them, one per pack (``unknown`` for each when not
-    given): twincast cannot know them and records them as told.
+    given): twincast cannot know them and records them as told. A latent model (base) first gets an autoencoder
+    the people share (``train_shared_autoencoder``, ``train_config.autoencoder_steps`` steps, into
+    ``out/autoencoder.pt``; kept when resuming), and its teacher learns in that latent space; a twin started from
+    it keeps the prior's encoder and latent statistics and trains only its decoder
+    (``model.autoencoder.train_autoencoder(..., init_from=)``).
 
     Raises:
-        InputError: a regression objective or a latent model (a latent prior needs an autoencoder the people
-            share, not built yet), licences that do not pair with the packs, packs that disagree on their
-            settings, a model that does not fit them, or ``out`` already holding a prior (without ``force``).
+        InputError: a regression objective, licences that do not pair with the packs, packs that disagree on
+            their settings, a model that does not fit them, or ``out`` already holding a prior (without ``force``).
     """
     if train_config.objective != "flow":
         raise InputError(f"a prior is a flow-matching teacher; objective {train_config.objective!r} is not "
                          "supported")
-    if model_config.latent:
-        raise InputError(f"preset {model_config.preset!r} is a latent model: its prior would need an autoencoder "
-                         "shared by the packs, which twincast does not train yet; use a pixel preset (tiny, demo)")
     licences = [UNKNOWN_LICENCE] * len(pack_paths) if not licences else licences
     if len(licences) != len(pack_paths):
         raise InputError(f"{len(licences)} --licence given for {len(pack_paths)} packs; give one per pack, in the "
@@ -208,6 +212,14 @@ def train_prior(pack_paths: list[Path], out: Path, model_config: ModelConfig, tr
     device, generator = seeded_device(train_config.threads, train_config.seed, train_config.device)
     sampler = MultiPackSampler(packs, augmentation)
     network = TwinDenoiser(model_config)
+    shared: dict[str, Any] | None = None
+    if network.autoencoder is not None:
+        if not (resume and (out / ROLE_FILES["autoencoder"]).is_file()):
+            train_shared_autoencoder(packs, sampler, out, model_config, train_config, device, generator,
+                                     half=half, progress=progress, on_step=on_step)
+        shared = json.loads((out / AUTOENCODER_REPORT).read_text())
+        network.autoencoder.load_state_dict(load_autoencoder(out, model_config).state_dict())
+        network.autoencoder.requires_grad_(False)
     entries = [card_entry(pack, path, licence) for pack, path, licence in zip(packs, pack_paths, licences,
                                                                               strict=True)]
     info = {**pack_info(packs[0], pack_paths[0]), "prior": True, "packs": entries}
@@ -226,9 +238,45 @@ def train_prior(pack_paths: list[Path], out: Path, model_config: ModelConfig, tr
         "checkpoint": ROLE_FILES[role],
         "checkpoint_sha256": sha256_file(out / ROLE_FILES[role]),
     }
+    if shared is not None:
+        card["autoencoder"] = {**shared, "checkpoint": ROLE_FILES["autoencoder"],
+                               "checkpoint_sha256": sha256_file(out / ROLE_FILES["autoencoder"])}
     atomic_write_bytes(out / CARD_FILE, json.dumps(card, indent=1).encode())
     return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=outcome.final_loss,
                        seconds=outcome.seconds)
+
+
+def train_shared_autoencoder(packs: list[AvatarPack], sampler: MultiPackSampler, out: Path,
+                             model_config: ModelConfig, train_config: TrainConfig, device: torch.device,
+                             generator: torch.Generator, *, half: bool = False, progress: bool = True,
+                             on_step: StepObserver | None = None) -> None:
+    """The autoencoder a latent prior's people share: trained on ``sampler``'s augmented crops of every person,
+    its latents standardised over up to ``STANDARDISE_FRAMES`` training crops spread over the people; writes
+    ``out/autoencoder.pt`` and ``out/autoencoder-prior.json`` (steps, loss, seconds, each person's holdout
+    PSNR)."""
+    autoencoder = Autoencoder(model_config).to(device).train()
+    losses, seconds = fit_autoencoder(autoencoder, lambda size, gen: sampler.draw(size, gen).target, model_config,
+                                      train_config, device, generator, progress=progress, on_step=on_step)
+    autoencoder.eval()
+    per_person = max(1, STANDARDISE_FRAMES // len(packs))
+    chosen = []
+    for part in sampler.samplers:
+        indices = part.indices[np.linspace(0, len(part.indices) - 1, min(per_person, len(part.indices)))
+                               .round().astype(int)]
+        chosen.append(part.crops[torch.from_numpy(indices)])
+    standardise(autoencoder, torch.cat(chosen), device)
+    holdout = {}
+    for pack in packs:
+        face, mouth = holdout_psnr(autoencoder, pack, device)
+        holdout[pack.root.resolve().name] = {"face": round(face, 3), "mouth": round(mouth, 3)}
+    steps = train_config.autoencoder_steps
+    save_checkpoint(out / ROLE_FILES["autoencoder"], model=model_config, train=train_config,
+                    state_dict=autoencoder.state_dict(), step=steps, pack={"prior": True}, role="autoencoder",
+                    half=half)
+    report = {"steps": steps, "seconds": round(seconds, 2), "final_loss": recent_loss(losses),
+              "loss_every_10": [round(v, 5) for v in losses[::10]], "standardised_on_frames": int(
+                  sum(part.shape[0] for part in chosen)), "holdout_psnr": holdout}
+    atomic_write_bytes(out / AUTOENCODER_REPORT, json.dumps(report, indent=1).encode())
 
 
 def card_entry(pack: AvatarPack, path: Path, licence: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from avatar.pack import AvatarPack
-from model.autoencoder import load_autoencoder
+from model.autoencoder import check_latent_space, load_autoencoder
 from model.checkpoint import ROLE_FILES, resume_file, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import Batch, PackSampler, Sampler
@@ -102,12 +102,14 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
 
     ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
     ``init_from``, when given, is a prior's directory (``model.prior``): its weights are loaded into the network
-    before step 0 (the denoiser only: a latent model keeps the person's own autoencoder), and the checkpoint and
-    report record it (``init_from``: path and the hash of the prior's model card).
+    before step 0 (the denoiser only: a latent model keeps the run's autoencoder, which must have been made from
+    the prior's shared one, ``train_autoencoder(..., init_from=)``), and the checkpoint and report record it
+    (``init_from``: path and the hash of the prior's model card).
 
     Raises:
         InputError: ``out`` already holds this role (and neither ``force`` nor ``resume``), ``resume`` without
-            a resumable state, a model that does not fit the pack, or a prior whose model differs.
+            a resumable state, a model that does not fit the pack, a prior whose model differs, or a latent
+            prior whose autoencoder the run's did not come from.
     """
     role = role_of(train_config)
     pack = AvatarPack.load(pack_path)
@@ -124,6 +126,8 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         from model.prior_card import initialise_from
 
         origin = initialise_from(network, init_from)
+        if network.autoencoder is not None:
+            check_latent_space(out, init_from)
     info = pack_info(pack, pack_path)
     outcome = fit(network, sampler, out, role, train_config, device=device, generator=generator, pack=info,
                   resume=resume, half=half, progress=progress, on_step=on_step,

@@ -171,7 +171,8 @@ def cmd_train(args: argparse.Namespace, toml: dict[str, Any]) -> int:
 def _prior_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("packs", type=Path, nargs="+", metavar="PACK", help="the people's avatar packs")
     parser.add_argument("--out", type=Path, required=True, help="the prior's directory")
-    parser.add_argument("--config", "--preset", dest="preset", default="demo", help="model size: demo (default), tiny")
+    parser.add_argument("--config", "--preset", dest="preset", default="demo",
+                        help="model size: demo (default), tiny; base or tiny-latent (a shared autoencoder first)")
     parser.add_argument("--licence", action="append", default=[],
                         help="each pack's licence, once per pack in order (recorded as given; default unknown)")
     parser.add_argument("--steps", type=int)
@@ -213,6 +214,9 @@ def _train_ae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing autoencoder")
+    parser.add_argument("--from", dest="init_from", type=Path, metavar="PRIOR",
+                        help="start from a latent prior's shared autoencoder and tune only its decoder (needed to "
+                        "train the teacher --from that prior)")
 
 
 @command("train-ae", "avatar pack → the person's autoencoder (latent models: base)", _train_ae_arguments)
@@ -227,7 +231,7 @@ def cmd_train_ae(args: argparse.Namespace, toml: dict[str, Any]) -> int:
                                 overrides={"autoencoder_steps": args.steps, "batch_size": args.batch_size,
                                            "seed": args.seed})
     result = train_autoencoder(args.pack, args.out, chosen.model, train_config, force=args.force, half=args.half,
-                               progress=_progress(args))
+                               progress=_progress(args), init_from=args.init_from)
     print(json.dumps({"autoencoder": str(result.path), "steps": result.steps,
                       "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
                       "holdout_psnr_face": round(result.holdout_psnr_face, 2),

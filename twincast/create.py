@@ -417,13 +417,20 @@ class _Builder:
 
     def _autoencoder(self) -> dict[str, Any]:
         from model.autoencoder import train_autoencoder
+        from model.prior_card import read_card
 
         assert self.plan.autoencoder is not None
+        prior = (self.state.data.get("prior") or {}).get("path")
+        init_from = Path(prior) if prior and "autoencoder" in read_card(Path(prior)) else None
+        if init_from is not None:
+            self._message(f"autoencoder: the prior's encoder and latent space, its decoder tuned to this person "
+                          f"({prior})")
         result = train_autoencoder(self.pack, self.run_dir, self._model_config(), self.plan.autoencoder, force=True,
-                                   progress=False, on_step=self._on_step)
+                                   progress=False, on_step=self._on_step, init_from=init_from)
         self._message(f"autoencoder: holdout reconstructed at {result.holdout_psnr_mouth:.1f} dB (mouth)")
         return {"steps": result.steps, "final_loss": round(result.final_loss, 5),
-                "holdout_psnr_mouth": round(result.holdout_psnr_mouth, 2)}
+                "holdout_psnr_mouth": round(result.holdout_psnr_mouth, 2),
+                "init_from": None if init_from is None else str(init_from)}
 
     def _train(self, config: Any) -> dict[str, Any]:
         from model.checkpoint import resume_file

@@ -33,6 +33,8 @@ from twincast.errors import InputError
 from twincast.files import sha256_file
 
 TINY = preset("tiny", crop_px=64, mask_top=0.55).model
+LATENT = preset("tiny-latent", crop_px=64, mask_top=0.55).model
+LATENT_CONFIG = TrainConfig(steps=4, autoencoder_steps=6, batch_size=4, threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,14 @@ def prior_dir(tmp_path_factory: pytest.TempPathFactory, hopper_pack: Path, pack:
     train_prior([hopper_pack, pack], out, TINY, TrainConfig(steps=40, threads=2), licences=["public domain",
                                                                                            "public domain"],
                 progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent_prior(tmp_path_factory: pytest.TempPathFactory, hopper_pack: Path, pack: Path) -> Path:
+    """A tiny latent prior of both people: a shared autoencoder, then the teacher, a few steps each."""
+    out = tmp_path_factory.mktemp("latent-prior") / "tiny-latent"
+    train_prior([hopper_pack, pack], out, LATENT, LATENT_CONFIG, progress=False)
     return out
 
 
@@ -120,8 +130,7 @@ def test_a_latent_prior_loads_the_denoiser_and_leaves_the_persons_autoencoder(tm
     config = preset("tiny-latent", crop_px=64, mask_top=0.55).model
     torch.manual_seed(0)
     prior_network = TwinDenoiser(config)
-    # train_prior does not train latent priors yet (it needs an autoencoder the people share), so this one is
-    # written the way it will be: the teacher checkpoint and a model card beside it.
+    # Only the loading is tested here, so the prior is written by hand: a teacher checkpoint and a card beside it.
     save_checkpoint(tmp_path / "prior" / "checkpoint.pt", model=config, train=TrainConfig(),
                     state_dict=prior_network.state_dict(), step=1, pack={})
     (tmp_path / "prior" / CARD_FILE).write_text(json.dumps({"kind": CARD_KIND, "version": CARD_VERSION,
@@ -342,6 +351,51 @@ def test_distillation_starts_from_the_prior_student_and_records_it(prior_dir: Pa
     assert both.returncode == 2 and "choose one" in both.stderr
 
 
+def test_a_latent_prior_shares_one_autoencoder_and_a_twin_keeps_its_latent_space(
+        latent_prior: Path, hopper_pack: Path, pack: Path, prior_dir: Path, tmp_path: Path) -> None:
+    """A latent prior trains one autoencoder on both people first, then its teacher in that latent space; a twin
+    started from it keeps the prior's encoder and latent statistics and tunes only the decoder, and a teacher
+    can start from the prior only over an autoencoder made that way."""
+    from model.autoencoder import train_autoencoder
+    from model.train import train
+
+    prior = latent_prior
+    card = json.loads((prior / CARD_FILE).read_text())
+    shared = card["autoencoder"]
+    assert shared["steps"] == 6 and shared["checkpoint_sha256"] == sha256_file(prior / "autoencoder.pt")
+    assert set(shared["holdout_psnr"]) == {hopper_pack.name, pack.resolve().name}
+    assert shared["standardised_on_frames"] > 0 and math.isfinite(shared["final_loss"])
+    prior_ae = load_checkpoint(prior, "autoencoder").state_dict
+    teacher = load_checkpoint(prior).state_dict
+    for key, value in prior_ae.items():  # the teacher learnt over exactly this autoencoder
+        torch.testing.assert_close(teacher[f"autoencoder.{key}"], value, rtol=0, atol=0)
+    assert not torch.equal(prior_ae["latent_std"], torch.ones_like(prior_ae["latent_std"]))  # standardised
+
+    run = tmp_path / "run"
+    made = run_cli("train-ae", str(pack), "--config", "tiny-latent", "--from", str(prior), "--out", str(run),
+                   "--steps", "5", "--batch-size", "4", "-q")
+    assert json.loads(made.stdout.strip().splitlines()[-1])["steps"] == 5
+    tuned = load_checkpoint(run, "autoencoder")
+    for key, value in prior_ae.items():
+        if key.startswith("encoder.") or key.startswith("latent_"):
+            torch.testing.assert_close(tuned.state_dict[key], value, rtol=0, atol=0)
+    assert any(not torch.equal(tuned.state_dict[key], value) for key, value in prior_ae.items()
+               if key.startswith("decoder."))
+    assert tuned.extra["init_from"] == {"path": str(prior.resolve()),
+                                        "autoencoder_sha256": sha256_file(prior / "autoencoder.pt")}
+    latent = LATENT
+    result = train(pack, run, latent, TrainConfig(steps=2, batch_size=4, threads=2), progress=False, init_from=prior)
+    assert result.steps == 2 and load_checkpoint(run).extra["init_from"]["path"] == str(prior.resolve())
+
+    own = tmp_path / "own"
+    train_autoencoder(pack, own, latent, LATENT_CONFIG, progress=False)
+    with pytest.raises(InputError, match=r"autoencoder was not made from prior .* train-ae PACK --from"):
+        train(pack, own, latent, TrainConfig(steps=2, batch_size=4, threads=2), progress=False, init_from=prior)
+    pixel = run_cli("train-ae", str(pack), "--config", "tiny-latent", "--from", str(prior_dir), "--out",
+                    str(tmp_path / "x"), check=False)
+    assert pixel.returncode == 2 and "has no shared autoencoder (it is a tiny prior)" in pixel.stderr
+
+
 def test_create_starts_the_teacher_from_a_prior_and_says_so(prior_dir: Path, new_person_clip: Path,
                                                             tmp_path: Path) -> None:
     out = tmp_path / "twins" / "hopper"
@@ -354,6 +408,25 @@ def test_create_starts_the_teacher_from_a_prior_and_says_so(prior_dir: Path, new
     assert state["prior"]["path"] == str(prior_dir.resolve())
     assert state["stages"]["teacher"]["init_from"] == str(prior_dir.resolve())
     assert load_checkpoint(out / "run").extra["init_from"]["card_sha256"] == sha256_file(prior_dir / CARD_FILE)
+
+
+def test_create_starts_a_latent_twin_from_a_latent_prior_over_its_autoencoder(latent_prior: Path,
+                                                                             new_person_clip: Path,
+                                                                             tmp_path: Path) -> None:
+    out = tmp_path / "twins" / "hopper"
+    # The least budget a tiny-latent twin takes here is about 70 s (enrolment, eval, export and the least steps).
+    made = run_cli("create", str(new_person_clip), "--name", "hopper", "--size", "tiny-latent", "--budget", "100s",
+                   "--out", str(out), "--prior", str(latent_prior), "--json")
+    said = [event["text"] for line in made.stdout.splitlines() if line.startswith("{")
+            for event in [json.loads(line)] if event["type"] == "message"]
+    assert ("autoencoder: the prior's encoder and latent space, its decoder tuned to this person "
+            f"({latent_prior.resolve()})") in said
+    state = json.loads((out / "create.json").read_text())
+    assert state["stages"]["autoencoder"]["init_from"] == str(latent_prior.resolve())
+    assert state["stages"]["teacher"]["init_from"] == str(latent_prior.resolve())
+    shared = load_checkpoint(latent_prior, "autoencoder").state_dict
+    own = load_checkpoint(out / "run", "autoencoder").state_dict
+    torch.testing.assert_close(own["encoder.0.weight"], shared["encoder.0.weight"], rtol=0, atol=0)
 
 
 def test_create_without_a_shipped_prior_starts_from_scratch_and_refuses_a_wrong_prior(
