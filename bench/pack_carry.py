@@ -26,14 +26,15 @@ from avatar.pack import ARRAYS, BASE_VIDEO, META_FILE, AvatarPack, PackMeta, exp
 JPEG_QUALITY = 95
 LEFT_BEHIND = ["landmarks", "audio_16k", "audio_48k"]
 CARRIED_FILE = "carried.json"
+QUALITY_FILE = "quality.json"
 
 
-def save_jpeg(path: Path, frames: np.ndarray) -> None:
-    """RGB uint8 frames (N, H, W, 3) → one .npz of JPEG bytes (quality ``JPEG_QUALITY``)."""
+def save_jpeg(path: Path, frames: np.ndarray, quality: int = JPEG_QUALITY) -> None:
+    """RGB uint8 frames (N, H, W, 3) → one .npz of JPEG bytes (quality ``JPEG_QUALITY`` unless told)."""
     encoded = []
     for frame in frames:
         bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError("OpenCV could not encode a frame as JPEG")
         encoded.append(np.frombuffer(data.tobytes(), np.uint8))
@@ -54,8 +55,8 @@ def load_jpeg(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def pack(source: Path, out: Path) -> None:
-    """Write the carryable form of the pack at ``source`` into ``out``."""
+def pack(source: Path, out: Path, quality: int = JPEG_QUALITY) -> None:
+    """Write the carryable form of the pack at ``source`` into ``out`` (crops at JPEG ``quality``)."""
     avatar = AvatarPack.load(source)
     out.mkdir(parents=True, exist_ok=True)
     for name in (META_FILE, BASE_VIDEO):
@@ -63,7 +64,8 @@ def pack(source: Path, out: Path) -> None:
     arrays: dict[str, Any] = {name: np.asarray(avatar.array(name)) for name in ARRAYS
                               if name not in (*LEFT_BEHIND, "crops")}
     np.savez_compressed(out / "arrays.npz", **arrays)
-    save_jpeg(out / "crops_jpeg.npz", np.asarray(avatar.array("crops")))
+    save_jpeg(out / "crops_jpeg.npz", np.asarray(avatar.array("crops")), quality)
+    (out / QUALITY_FILE).write_text(json.dumps({"jpeg_quality": quality}))
 
 
 def unpack(carried: Path, out: Path) -> AvatarPack:
@@ -72,7 +74,9 @@ def unpack(carried: Path, out: Path) -> AvatarPack:
     raw = json.loads((carried / META_FILE).read_text())
     for name in (META_FILE, BASE_VIDEO):
         shutil.copyfile(carried / name, out / name)
-    (out / CARRIED_FILE).write_text(json.dumps({"crops": f"JPEG q{JPEG_QUALITY}", "zero_filled": LEFT_BEHIND}))
+    quality_file = carried / QUALITY_FILE  # absent in packs carried before the quality could be chosen
+    quality = json.loads(quality_file.read_text())["jpeg_quality"] if quality_file.is_file() else JPEG_QUALITY
+    (out / CARRIED_FILE).write_text(json.dumps({"crops": f"JPEG q{quality}", "zero_filled": LEFT_BEHIND}))
     with np.load(carried / "arrays.npz") as arrays:
         for name in arrays.files:
             np.save(out / f"{name}.npy", arrays[name])
