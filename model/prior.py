@@ -12,9 +12,9 @@ Using a prior (``model.prior_card``, which ``model.train`` imports without impor
 ``twincast create`` starts from by default.
 
 ``distill_prior`` distils a prior's teacher into a few-step prior student (``student.pt``, on the same packs and
-augmentation; the card gains a ``student`` entry). A new twin's distillation starts from that student instead of
-from a copy of the twin's own teacher (``twincast distill --from PRIOR``, or the shipped prior's student by
-default). A latent prior also holds the autoencoder its people share (``train_shared_autoencoder``).
+augmentation; the card gains a ``student`` entry). A new twin's distillation can start from that student instead of
+from a copy of the twin's own teacher (``twincast distill --from PRIOR``; the teacher's copy, the default, measured
+far better). A latent prior also holds the autoencoder its people share (``train_shared_autoencoder``).
 """
 
 from __future__ import annotations

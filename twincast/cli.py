@@ -250,16 +250,14 @@ def _distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing student")
     parser.add_argument("--from", dest="init_from", type=Path, metavar="PRIOR",
                         help="start the student from this prior's distilled student (made by twincast "
-                        "prior-distill; default: the shipped prior's, when it has one)")
-    parser.add_argument("--from-teacher", action="store_true",
-                        help="start the student as a copy of the run's teacher, not a prior's student")
+                        "prior-distill) instead of a copy of the run's teacher (the default, and the better start)")
 
 
 @command("distill", "few-step consistency student from a run's teacher", _distill_arguments)
 def cmd_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
     from model.checkpoint import load_checkpoint
     from model.distill import DISTILL_PRESETS, DistillConfig, distill
-    from model.prior_card import choose_student_prior
+    from model.prior_card import student_start
     from twincast.errors import InputError
 
     teacher = load_checkpoint(args.run).model
@@ -268,8 +266,7 @@ def cmd_distill(args: argparse.Namespace, toml: dict[str, Any]) -> int:
         raise InputError(f"unknown distill config {name!r}; expected one of {sorted(DISTILL_PRESETS)}")
     config = build_config(DistillConfig, section="distill", toml=toml, env=os.environ, base=DISTILL_PRESETS[name],
                           overrides={"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed})
-    init_from, start = choose_student_prior(teacher.preset, prior=args.init_from, from_teacher=args.from_teacher,
-                                            model=teacher)
+    init_from, start = student_start(teacher.preset, args.init_from)
     print(f"distill: {start}", file=sys.stderr, flush=True)
     result = distill(args.run, config, pack_path=_pack_for_run(args), force=args.force, half=args.half,
                      progress=_progress(args), init_from=init_from)

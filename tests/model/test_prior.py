@@ -344,11 +344,10 @@ def test_distillation_starts_from_the_prior_student_and_records_it(prior_dir: Pa
     assert f"distill: from the student of the prior {prior}" in made.stderr
     assert load_checkpoint(run, "student").extra["init_from"] == started.init_from
     assert json.loads((run / "distill.json").read_text())["init_from"] == started.init_from
-    copied = run_cli("distill", str(run), "--from-teacher", "--steps", "3", "--force", "-q")
-    assert json.loads(copied.stdout.strip().splitlines()[-1])["init_from"] is None
+    copied = run_cli("distill", str(run), "--steps", "3", "--force", "-q")  # the default: the teacher's copy
+    said = json.loads(copied.stdout.strip().splitlines()[-1])
+    assert said["init_from"] is None and said["start"] == "from a copy of the run's teacher"
     assert json.loads((run / "distill.json").read_text())["init_from"] is None
-    both = run_cli("distill", str(run), "--from", str(prior), "--from-teacher", "--force", check=False)
-    assert both.returncode == 2 and "choose one" in both.stderr
 
 
 def test_a_latent_prior_shares_one_autoencoder_and_a_twin_keeps_its_latent_space(
