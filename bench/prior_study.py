@@ -124,15 +124,25 @@ def scored(network: Any, inputs: EvalInputs, truth_mouth: Any) -> tuple[dict[str
     return {key: round_metric(value) for key, value in score(frames, inputs, truth_mouth).items()}, frames
 
 
-def start_config(start: str, prior: Path, config: TrainConfig) -> tuple[Path | None, TrainConfig]:
-    """``prior`` / ``scratch``, or ``prior@LR``: from the prior at learning rate LR (a fine-tuning schedule)."""
+FREEZE_GROUPS = {  # what ``prior-freeze:GROUP`` keeps as the prior had it
+    "audio": ("audio", "audio_proj"),
+    "encoder": ("x_in", "cond_in", "down", "downsample"),
+}
+
+
+def start_config(start: str, prior: Path, config: TrainConfig) -> tuple[Path | None, TrainConfig, tuple[str, ...]]:
+    """``prior`` / ``scratch``; ``prior@LR``: from the prior at learning rate LR; ``prior-freeze:GROUP``: from the
+    prior with a group of ``FREEZE_GROUPS`` not trained. Returns the prior, the settings and the frozen modules."""
     if start == "scratch":
-        return None, config
+        return None, config, ()
     if start == "prior":
-        return prior, config
+        return prior, config, ()
     if start.startswith("prior@"):
-        return prior, replace(config, learning_rate=float(start.removeprefix("prior@")))
-    raise SystemExit(f"start {start!r}: expected prior, scratch or prior@LEARNING_RATE")
+        return prior, replace(config, learning_rate=float(start.removeprefix("prior@"))), ()
+    if start.removeprefix("prior-freeze:") in FREEZE_GROUPS:
+        return prior, config, FREEZE_GROUPS[start.removeprefix("prior-freeze:")]
+    raise SystemExit(f"start {start!r}: expected prior, scratch, prior@LEARNING_RATE or prior-freeze:GROUP with "
+                     f"GROUP one of {sorted(FREEZE_GROUPS)}")
 
 
 def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts: list[str]) -> None:
@@ -162,7 +172,7 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
                                "train_wall_s": round(wall_s, 1), "figures": figures})
         np.save(renders / f"{person.name}-{start}-{int(budget_s)}.npy", frames)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))
+        atomic_write_bytes(out, json.dumps(report, indent=1).encode())
         print(f"{person.name} {start} {budget_s:.0f}s: {steps} steps in {wall_s:.0f} s, mouth "
               f"{figures['psnr_mouth']} dB, sharpness {figures.get('sharpness_ratio')}, "
               f"sync {figures.get('sync_corr')}", flush=True)
@@ -185,10 +195,10 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
             config = _train_config(chosen.train, "flow", steps, rates.teacher_s)
             config = replace(config, threads=threads, device="cpu")
             for start in starts:
-                init, arm = start_config(start, prior, config)
+                init, arm, frozen = start_config(start, prior, config)
                 shutil.rmtree(run, ignore_errors=True)
                 started = time.monotonic()
-                train(pack_path(cache, person), run, model, arm, progress=False, init_from=init)
+                train(pack_path(cache, person), run, model, arm, progress=False, init_from=init, freeze=frozen)
                 wall_s = time.monotonic() - started
                 figures, frames = scored(load_checkpoint(run, "teacher").build(), inputs, truth_mouth)
                 record(person, start, budget_s, steps, wall_s, figures, frames)
@@ -341,7 +351,8 @@ def main() -> None:
     parser.add_argument("--prior", type=Path, default=ROOT / "assets" / "prior" / SIZE)
     parser.add_argument("--steps", type=int, default=6000, help="the prior's steps")
     parser.add_argument("--budgets", default="1m,4m,12m")
-    parser.add_argument("--starts", default="prior,scratch", help="prior, scratch, prior@LR (a fine-tuning rate)")
+    parser.add_argument("--starts", default="prior,scratch",
+                        help="prior, scratch, prior@LR (a fine-tuning rate), prior-freeze:audio|encoder")
     parser.add_argument("--student-steps", type=int, default=1000, help="students: the prior student's steps")
     parser.add_argument("--distill-steps", default="100,300", help="students: each twin's distill steps")
     parser.add_argument("--out", type=Path)

@@ -294,9 +294,10 @@ class TwinDenoiser(nn.Module):
         return (batch, *self.autoencoder.latent_shape)
 
     def trainable(self) -> list[nn.Parameter]:
-        """The parameters training updates (all but the frozen autoencoder's)."""
+        """The parameters training updates: all but the frozen autoencoder's and any others frozen
+        (``requires_grad`` off, ``model.train.freeze_modules``)."""
         frozen = {id(p) for p in self.autoencoder.parameters()} if self.autoencoder is not None else set()
-        return [p for p in self.parameters() if id(p) not in frozen]
+        return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
 
     def _patchify(self, images: Tensor) -> Tensor:
         patch = self.config.patch_px

@@ -97,14 +97,17 @@ def regression_step(network: TwinDenoiser, batch: Batch, config: TrainConfig, ge
 
 def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
           force: bool = False, resume: bool = False, half: bool = False, progress: bool = True,
-          on_step: StepObserver | None = None, init_from: Path | None = None) -> TrainResult:
+          on_step: StepObserver | None = None, init_from: Path | None = None,
+          freeze: tuple[str, ...] = ()) -> TrainResult:
     """Train on ``pack_path``; writes the role's checkpoint and report into the run directory ``out``.
 
     ``on_step``, when given, is told after every step how far training is (``model.loop.StepReport``).
     ``init_from``, when given, is a prior's directory (``model.prior``): its weights are loaded into the network
     before step 0 (the denoiser only: a latent model keeps the run's autoencoder, which must have been made from
     the prior's shared one, ``train_autoencoder(..., init_from=)``), and the checkpoint and report record it
-    (``init_from``: path and the hash of the prior's model card).
+    (``init_from``: path and the hash of the prior's model card). ``freeze`` names top-level modules of the network
+    (``TwinDenoiser``: ``audio``, ``down``, ``up``, …) whose weights stay as the start had them, for fine-tuning
+    part of a prior; the report records them (``frozen``).
 
     Raises:
         InputError: ``out`` already holds this role (and neither ``force`` nor ``resume``), ``resume`` without
@@ -128,14 +131,31 @@ def train(pack_path: Path, out: Path, model_config: ModelConfig, train_config: T
         origin = initialise_from(network, init_from)
         if network.autoencoder is not None:
             check_latent_space(out, init_from)
+    freeze_modules(network, freeze)
     info = pack_info(pack, pack_path)
     outcome = fit(network, sampler, out, role, train_config, device=device, generator=generator, pack=info,
                   resume=resume, half=half, progress=progress, on_step=on_step,
                   extra={"init_from": origin} if origin is not None else None)
-    report = {**outcome.report(role, model_config, train_config, network), "pack": info, "init_from": origin}
+    report = {**outcome.report(role, model_config, train_config, network), "pack": info, "init_from": origin,
+              "frozen": list(freeze)}
     atomic_write_bytes(out / REPORT_FILES[role], json.dumps(report, indent=1).encode())
     return TrainResult(run=out, role=role, steps=train_config.steps, final_loss=outcome.final_loss,
                        seconds=outcome.seconds)
+
+
+def freeze_modules(network: TwinDenoiser, names: tuple[str, ...]) -> None:
+    """Stop training the top-level modules ``names`` of ``network``.
+
+    Raises:
+        InputError: a name that is not a top-level module with weights (the ones there are, listed).
+    """
+    modules = {name: module for name, module in network.named_children()
+               if name != "autoencoder" and any(True for _ in module.parameters())}
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise InputError(f"cannot freeze {unknown}: expected top-level modules of the network, {sorted(modules)}")
+    for name in names:
+        modules[name].requires_grad_(False)
 
 
 def prepare_run(out: Path, role: str, *, force: bool, resume: bool) -> None:

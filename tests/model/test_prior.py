@@ -238,6 +238,20 @@ def test_fine_tuning_starts_from_the_prior_and_records_it(prior_dir: Path, pack:
     assert json.loads((tmp_path / "scratch" / "train.json").read_text())["init_from"] is None
 
 
+def test_fine_tuning_can_keep_part_of_the_prior_as_it_is(prior_dir: Path, pack: Path, tmp_path: Path) -> None:
+    from model.train import train
+
+    train(pack, tmp_path / "run", TINY, TrainConfig(steps=3, threads=2), progress=False, init_from=prior_dir,
+          freeze=("audio", "audio_proj"))
+    prior, tuned = load_checkpoint(prior_dir).state_dict, load_checkpoint(tmp_path / "run").state_dict
+    frozen = [key for key in prior if key.startswith(("audio.", "audio_proj."))]
+    assert frozen and all(torch.equal(tuned[key], prior[key]) for key in frozen)
+    assert any(not torch.equal(tuned[key], prior[key]) for key in prior if key.startswith("up."))
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["frozen"] == ["audio", "audio_proj"]
+    with pytest.raises(InputError, match=r"cannot freeze \['mouth'\]: expected top-level modules .*'audio_proj'"):
+        train(pack, tmp_path / "other", TINY, TrainConfig(steps=1, threads=2), progress=False, freeze=("mouth",))
+
+
 def test_a_prior_of_other_people_lowers_the_loss_of_a_new_persons_first_steps(hopper_pack: Path, pack: Path,
                                                                              tmp_path: Path) -> None:
     """The prior has seen only Hopper; the twin is the other person. Same seed, same batches, same noise: the
