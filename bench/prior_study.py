@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.prior_study prior --steps 6000  # the prior, into assets/prior/demo/
     .venv/bin/python -m bench.prior_study curves --budgets 1m,4m,12m --out bench/results/prior_curves_demo_cpu.json
     .venv/bin/python -m bench.prior_study sheet --out bench/results/prior_sheet_demo_cpu.jpg  # and …-mouths.jpg
+    .venv/bin/python -m bench.prior_study students --budgets 4m --student-steps 1500 --distill-steps 100,300
 
 People (``PEOPLE``): the prior is trained on the two public-domain portraits the repository already ships
 (``assets/portrait.png``, ``assets/portrait-hopper.jpg``); the two held out are ``assets/faces/`` (see its
