@@ -125,6 +125,7 @@ def scored(network: Any, inputs: EvalInputs, truth_mouth: Any) -> tuple[dict[str
     return {key: round_metric(value) for key, value in score(frames, inputs, truth_mouth).items()}, frames
 
 
+EQUAL_TIME = "/time"  # an arm named ``START/time`` gets the steps its own speed fits in the budget
 FREEZE_GROUPS = {  # what ``prior-freeze:GROUP`` keeps as the prior had it
     "audio": ("audio", "audio_proj"),
     "encoder": ("x_in", "cond_in", "down", "downsample"),
@@ -171,7 +172,7 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
                frames: np.ndarray) -> None:
         report["runs"].append({"person": person.name, "start": start, "budget_s": budget_s, "steps": steps,
                                "train_wall_s": round(wall_s, 1), "figures": figures})
-        np.save(renders / f"{person.name}-{start}-{int(budget_s)}.npy", frames)
+        np.save(renders / f"{person.name}-{start.replace('/', '-')}-{int(budget_s)}.npy", frames)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, json.dumps(report, indent=1).encode())
         print(f"{person.name} {start} {budget_s:.0f}s: {steps} steps in {wall_s:.0f} s, mouth "
@@ -196,13 +197,31 @@ def run_curves(cache: Path, prior: Path, budgets: list[float], out: Path, starts
             config = _train_config(chosen.train, "flow", steps, rates.teacher_s)
             config = replace(config, threads=threads, device="cpu")
             for start in starts:
-                init, arm, frozen = start_config(start, prior, config)
+                init, arm, frozen = start_config(start.removesuffix(EQUAL_TIME), prior, config)
+                arm_steps = steps
+                if start.endswith(EQUAL_TIME):  # this arm's own speed decides its steps (frozen layers are cheaper)
+                    rate = seconds_per_step(pack_path(cache, person), run, model, arm, init, frozen)
+                    arm_steps = max(1, int(budget_s / rate))
+                    arm = replace(_train_config(chosen.train, "flow", arm_steps, rate),
+                                  learning_rate=arm.learning_rate, threads=threads, device="cpu")
                 shutil.rmtree(run, ignore_errors=True)
                 started = time.monotonic()
                 train(pack_path(cache, person), run, model, arm, progress=False, init_from=init, freeze=frozen)
                 wall_s = time.monotonic() - started
                 figures, frames = scored(load_checkpoint(run, "teacher").build(), inputs, truth_mouth)
-                record(person, start, budget_s, steps, wall_s, figures, frames)
+                record(person, start, budget_s, arm_steps, wall_s, figures, frames)
+
+
+def seconds_per_step(pack: Path, run: Path, model: Any, config: TrainConfig, init: Path | None,
+                     frozen: tuple[str, ...], steps: int = 30) -> float:
+    """An arm's own training speed: ``steps`` steps of it, timed (the run is thrown away)."""
+    from model.train import train
+
+    shutil.rmtree(run, ignore_errors=True)
+    result = train(pack, run, model, replace(config, steps=steps, checkpoint_every=0), progress=False,
+                   init_from=init, freeze=frozen)
+    shutil.rmtree(run, ignore_errors=True)
+    return result.seconds / steps
 
 
 def run_students(cache: Path, prior: Path, budget_s: float, prior_student_steps: int, distill_steps: list[int],
@@ -353,7 +372,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="the prior's steps")
     parser.add_argument("--budgets", default="1m,4m,12m")
     parser.add_argument("--starts", default="prior,scratch",
-                        help="prior, scratch, prior@LR (a fine-tuning rate), prior-freeze:audio|encoder")
+                        help="prior, scratch, prior@LR (a fine-tuning rate), prior-freeze:audio|encoder; "
+                        "START/time: the steps the arm's own speed fits in the budget")
     parser.add_argument("--student-steps", type=int, default=1000, help="students: the prior student's steps")
     parser.add_argument("--distill-steps", default="100,300", help="students: each twin's distill steps")
     parser.add_argument("--out", type=Path)
