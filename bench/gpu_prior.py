@@ -108,8 +108,10 @@ def run(args: argparse.Namespace) -> None:
     held_out = [person for person in PEOPLE if not person.in_prior and (not args.people or person.name in
                                                                           args.people.split(","))]
 
+    holdouts = {person.name: load_holdout(packs[person.name]) for person in held_out}
+
     def score(network: Any, person: Person, name: str) -> dict[str, Any]:
-        inputs = load_holdout(packs[person.name])
+        inputs = holdouts[person.name]
         frames = render(network.to(torch.device(device)), inputs, 2)
         save_jpeg(out / f"render_{name}.npz", frames)
         return {key: round_metric(value) for key, value in image_metrics(frames, inputs.truth).items()}

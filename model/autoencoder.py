@@ -140,22 +140,32 @@ def fit_autoencoder(autoencoder: Autoencoder, draw: Callable[[int, torch.Generat
     return losses, time.monotonic() - started
 
 
-def prior_autoencoder(prior: Path, config: ModelConfig) -> tuple[Autoencoder, dict[str, Any]]:
-    """A latent prior's shared autoencoder (``model.prior.train_prior``), checked against ``config``, and what a
-    run records about it: the prior's path and the autoencoder checkpoint's SHA-256.
+def shared_autoencoder_file(prior: Path) -> Path:
+    """The checkpoint of a latent prior's shared autoencoder (``model.prior.train_prior``).
 
     Raises:
         NotFoundError: ``prior`` is not a prior.
-        InputError: the prior has no shared autoencoder (a pixel prior), or it was made for another latent shape.
+        InputError: the prior has no shared autoencoder (a pixel prior).
     """
     card = read_card(prior)
     directory = prior.parent if prior.is_file() else prior
     if "autoencoder" not in card:
         raise InputError(f"prior {directory} has no shared autoencoder (it is a {card.get('preset')} prior); a "
                          "latent twin can only start from a latent prior trained by twincast prior")
-    autoencoder = load_autoencoder(directory, config)
-    return autoencoder, {"path": str(directory.resolve()),
-                         "autoencoder_sha256": sha256_file(directory / ROLE_FILES["autoencoder"])}
+    return directory / ROLE_FILES["autoencoder"]
+
+
+def prior_autoencoder(prior: Path, config: ModelConfig) -> tuple[Autoencoder, dict[str, Any]]:
+    """A latent prior's shared autoencoder, checked against ``config``, and what a run records about it: the
+    prior's path and the autoencoder checkpoint's SHA-256.
+
+    Raises:
+        NotFoundError: ``prior`` is not a prior.
+        InputError: the prior has no shared autoencoder (a pixel prior), or it was made for another latent shape.
+    """
+    file = shared_autoencoder_file(prior)
+    return load_autoencoder(file.parent, config), {"path": str(file.parent.resolve()),
+                                                   "autoencoder_sha256": sha256_file(file)}
 
 
 def check_latent_space(run: Path, prior: Path) -> None:
@@ -165,15 +175,11 @@ def check_latent_space(run: Path, prior: Path) -> None:
     Raises:
         InputError: the prior has no shared autoencoder, or the run's autoencoder did not come from it.
     """
-    card = read_card(prior)
-    directory = prior.parent if prior.is_file() else prior
-    if "autoencoder" not in card:
-        raise InputError(f"prior {directory} has no shared autoencoder, so its denoiser does not know this run's "
-                         "latents; use a latent prior trained by twincast prior")
+    file = shared_autoencoder_file(prior)
     made_from = (load_checkpoint(run, "autoencoder").extra or {}).get("init_from") or {}
-    if made_from.get("autoencoder_sha256") != sha256_file(directory / ROLE_FILES["autoencoder"]):
-        raise InputError(f"{run}'s autoencoder was not made from prior {directory}'s, and the prior's denoiser "
-                         f"knows only its own latent space: run `twincast train-ae PACK --from {directory} "
+    if made_from.get("autoencoder_sha256") != sha256_file(file):
+        raise InputError(f"{run}'s autoencoder was not made from prior {file.parent}'s, and the prior's denoiser "
+                         f"knows only its own latent space: run `twincast train-ae PACK --from {file.parent} "
                          f"--out {run} --force` first")
 
 
